@@ -1,0 +1,3 @@
+from coroseg.cli import main
+
+main()

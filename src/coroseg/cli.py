@@ -1,0 +1,165 @@
+"""The command line (stable: scripts and checks call it). Every command that makes a run prints
+`run_id: <id>` as its last line of standard output; progress and messages go to standard error."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from functools import wraps
+
+import click
+
+from coroseg.errors import InputError
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow logs every embedded-store start at INFO; our own progress lines say what matters.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("coroseg")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def user_errors(func):
+    """Bad input ends the command with one line on stderr and exit code 2."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except InputError as exc:
+            click.echo(f"coroseg: error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _print_run(run_id: str | None, lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line)
+    click.echo(f"run_id: {run_id if run_id else 'none (not tracked)'}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="coroseg")
+def main() -> None:
+    """Coronary-artery segmentation for X-ray angiograms, with every run recorded in MLflow.
+
+    Runs go to an embedded SQLite store (./mlflow.db) unless --tracking-uri or MLFLOW_TRACKING_URI
+    names another; `coroseg ui` shows them.
+    """
+    _setup_logging()
+
+
+@main.command()
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder to write N.png + N_gt.png into.")
+@click.option("--count", default=20, show_default=True, type=click.IntRange(min=1), help="Number of frames.")
+@click.option("--size", default=300, show_default=True, type=click.IntRange(min=64, max=2048), help="Side in pixels.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same frames.")
+@user_errors
+def synth(out: str, count: int, size: int, seed: int) -> None:
+    """Write synthetic X-ray angiograms with exact vessel masks (never overwrites a file)."""
+    from coroseg.data.synthetic import write_synthetic_set
+
+    try:
+        paths = write_synthetic_set(out, count=count, size=size, seed=seed)
+    except FileExistsError as exc:
+        raise InputError(f"{exc.filename or exc}: already exists; choose an empty --out folder") from exc
+    click.echo(f"wrote {len(paths)} frames with masks to {out}")
+
+
+def _tracking_options(func):
+    func = click.option("--experiment", default=None, help="MLflow experiment name.  [default: coroseg]")(func)
+    func = click.option("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).")(func)
+    return func
+
+
+@main.command()
+@click.option("--data", default=None, help="'synthetic', or a folder of N.png + N_gt.png (or images/ + masks/).  [default: synthetic]")
+@click.option("--model-family", default=None, help="unet, attention_unet, basic_unet, unetpp, segresnet.  [default: unet]")
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Maximum epochs.  [default: 20]")
+@click.option("--image-size", default=None, type=click.IntRange(min=32), help="Frames are resized to this side.  [default: 256]")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="[default: 8]")
+@click.option("--learning-rate", default=None, type=click.FloatRange(min=0, min_open=True), help="[default: 1e-3]")
+@click.option("--patience", default=None, type=click.IntRange(min=1), help="Early stop after this many epochs without a better val Dice.  [default: 10]")
+@click.option("--seed", default=None, type=int, help="[default: 0]")
+@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file of options; flags override it.")
+@click.option("--output-dir", default=None, help="Where the local record of each run is kept.  [default: coroseg_runs]")
+@_tracking_options
+@click.option("--run-name", default=None, help="MLflow run name.  [default: FAMILY-DATE-TIME]")
+@click.option("--no-tracking", is_flag=True, help="Record nothing in MLflow (the local record is still written).")
+@user_errors
+def train(config_file, no_tracking, **flags) -> None:
+    """Train a vessel segmentation model; the run is recorded in MLflow in the hierarchical layout."""
+    from coroseg.config import resolve
+    from coroseg.training.run import run_training
+
+    config = resolve(config_file, **flags, tracking=False if no_tracking else None)
+    outcome = run_training(config)
+    lines = [f"best_val_dice: {outcome.best_val_dice:.4f}", f"local_record: {outcome.record_dir}",
+             f"model_uri: {outcome.model_uri}"]
+    _print_run(outcome.run_id if not outcome.tracking_failed else None, lines)
+
+
+@main.command()
+@click.option("--model", "model_uri", required=True, help="runs:/<run_id>/pytorch_model, models:/<name>/<version>, or a local MLflow model folder.")
+@click.option("--input", "input_path", required=True, type=click.Path(), help="An image file or a folder of images (*_gt masks beside them are not inputs).")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for masks, overlays and per-file JSON.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--resolution", default=None, type=click.IntRange(min=16), help="Side frames are resized to before inference.  [default: the model's training size]")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--overwrite", is_flag=True, help="Allow writing into an --output that already holds predictions.")
+@_tracking_options
+@click.option("--no-tracking", is_flag=True, help="Write the outputs only; record no MLflow run.")
+@user_errors
+def predict(model_uri, input_path, output, batch_size, resolution, device, overwrite, tracking_uri, experiment,
+            no_tracking) -> None:
+    """Segment vessels in new frames; the run is recorded with the inference layout."""
+    from coroseg.inference.predict import InferenceOptions, run_prediction
+
+    options = InferenceOptions(model_uri, output, batch_size, resolution, device, overwrite, tracking_uri,
+                               experiment or "coroseg", not no_tracking)
+    outcome = run_prediction(options, input_path)
+    _print_run(outcome.run_id, [f"files_processed: {outcome.files}", f"output: {output}"])
+
+
+@main.command()
+@click.option("--model", "model_uri", required=True, help="runs:/<run_id>/pytorch_model, models:/<name>/<version>, or a local MLflow model folder.")
+@click.option("--data", required=True, type=click.Path(), help="Folder of N.png + N_gt.png (or images/ + masks/).")
+@click.option("--output", default=None, type=click.Path(file_okay=False), help="Folder for predictions and per-image metrics.  [default: coroseg_runs/DATE-evaluate]")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--resolution", default=None, type=click.IntRange(min=16), help="[default: the model's training size]")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@_tracking_options
+@click.option("--no-tracking", is_flag=True, help="Write the outputs only; record no MLflow run.")
+@user_errors
+def evaluate(model_uri, data, output, batch_size, resolution, device, tracking_uri, experiment, no_tracking) -> None:
+    """Predict on labelled frames and record Dice, IoU, precision and recall per image and on average."""
+    from coroseg.evaluation.evaluate import run_evaluation
+    from coroseg.inference.predict import InferenceOptions
+
+    options = InferenceOptions(model_uri, output, batch_size, resolution, device, False, tracking_uri,
+                               experiment or "coroseg", not no_tracking)
+    outcome = run_evaluation(options, data)
+    lines = [f"{k}: {v:.4f}" for k, v in outcome.means.items()] + [f"output: {outcome.output}"]
+    _print_run(outcome.run_id, lines)
+
+
+@main.command()
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--backend-store-uri", default=None, help="Store to show.  [default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db]")
+def ui(port: int, backend_store_uri: str | None) -> None:
+    """Open the MLflow UI for this folder's runs, on 127.0.0.1 only."""
+    from coroseg.ui import serve
+
+    sys.exit(serve(port, backend_store_uri))

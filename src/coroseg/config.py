@@ -1,0 +1,114 @@
+"""Training configuration: the one place where defaults live.
+
+Resolution order is defaults < YAML file (``--config``) < command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from coroseg.errors import InputError
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "synthetic"             # "synthetic" or a folder of image/mask pairs
+    synthetic_count: int = 48           # frames generated when data == "synthetic"
+    synthetic_size: int = 300           # side of generated frames, like the CIMAT frames
+    val_fraction: float = 0.2
+    image_size: int = 256               # frames are resized to this square side
+    augment: bool = True
+    # model
+    model_family: str = "unet"
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    patience: int = 10                  # epochs without a better val Dice before stopping
+    seed: int = 0
+    device: str = "auto"                # auto | cpu | cuda
+    # record
+    val_samples: int = 4                # validation overlays saved per epoch
+    output_dir: str = "coroseg_runs"    # local record of every run (kept even when tracking fails)
+    tracking: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "coroseg"
+    run_name: str | None = None
+    system_metrics: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {"device": ("auto", "cpu", "cuda")}
+_POSITIVE = ("synthetic_count", "synthetic_size", "image_size", "epochs", "batch_size", "patience")
+
+
+def _validate(config: TrainConfig) -> TrainConfig:
+    for name, allowed in _CHOICES.items():
+        if getattr(config, name) not in allowed:
+            raise InputError(f"config: {name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+    for name in _POSITIVE:
+        if getattr(config, name) < 1:
+            raise InputError(f"config: {name} must be at least 1, got {getattr(config, name)}")
+    if not 0.0 < config.val_fraction < 1.0:
+        raise InputError(f"config: val_fraction must be between 0 and 1, got {config.val_fraction}")
+    if config.image_size < 32:
+        raise InputError(f"config: image_size must be at least 32, got {config.image_size}")
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: cannot read configuration ({str(exc).splitlines()[0]})") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path}: configuration must be a mapping of option: value")
+    return loaded
+
+
+def _coerce(name: str, value: Any, default: Any, origin: str) -> Any:
+    """Check a YAML value against the type of its default (YAML gives ints where floats are meant)."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise InputError(f"{origin}: {name} must be a {type(default).__name__}, got {value!r}")
+    return value
+
+
+def resolve(config_file: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the YAML file, then the flags that were given (None means 'not given')."""
+    known = {f.name: f.default for f in fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        for name, value in _read_yaml(path).items():
+            if name not in known:
+                raise InputError(f"{path}: unknown option {name!r} (known: {', '.join(known)})")
+            values[name] = _coerce(name, value, known[name], str(path))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _validate(TrainConfig(**values))
+
+
+def to_yaml(values: dict[str, Any]) -> str:
+    return yaml.safe_dump(values, sort_keys=False)

@@ -1,0 +1,114 @@
+"""The training data: frames and masks from a source, checked, resized, split, held as tensors.
+
+All frames fit in memory (public sets hold tens to hundreds of frames), so batches are slices of
+one tensor and augmentation runs on the training device (see augment.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from coroseg.config import TrainConfig
+from coroseg.data.imageio import read_gray, read_mask
+from coroseg.data.pairs import find_pairs
+from coroseg.errors import InputError
+
+
+@dataclass
+class Frames:
+    """Frames (N,1,S,S) float32 in [0,1], masks (N,1,S,S) float32 0/1, and their names."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def subset(self, index: np.ndarray) -> "Frames":
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return Frames(self.images[idx], self.masks[idx], [self.names[i] for i in index])
+
+
+@dataclass
+class TrainingData:
+    train: Frames
+    val: Frames
+    source: str
+    digest: str          # sha256 of every frame and mask as read, in order
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N,1,H,W) frames to `size`, antialiased so thin vessels are not aliased away when shrinking."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return (resize_image(mask.float(), size) > 0.5).float()
+
+
+def _read_folder(folder: str) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    images, masks, names = [], [], []
+    for pair in find_pairs(folder):
+        image, mask = read_gray(pair.image), read_mask(pair.mask)
+        if image.shape != mask.shape:
+            raise InputError(f"{pair.mask}: mask size {mask.shape[::-1]} differs from image size {image.shape[::-1]}")
+        images.append(image)
+        masks.append(mask)
+        names.append(pair.image.name)
+    return images, masks, names
+
+
+def _synthesize(count: int, size: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    from coroseg.data.synthetic import synth_pair
+
+    images, masks, names = [], [], []
+    for i in range(1, count + 1):
+        image, mask = synth_pair(seed * 100003 + i, size)
+        images.append(image.astype(np.float32) / 255.0)
+        masks.append(mask.astype(bool))
+        names.append(f"synthetic_{i}")
+    return images, masks, names
+
+
+def _digest(images: list[np.ndarray], masks: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for image, mask in zip(images, masks):
+        h.update(np.ascontiguousarray(image).tobytes())
+        h.update(np.packbits(mask).tobytes())
+    return h.hexdigest()
+
+
+def _stack(arrays: list[np.ndarray], size: int, is_mask: bool) -> torch.Tensor:
+    """Resize each frame on its own (sizes may differ), then stack."""
+    resize = resize_mask if is_mask else resize_image
+    return torch.cat([resize(torch.from_numpy(a.astype(np.float32))[None, None], (size, size)) for a in arrays])
+
+
+def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic in (count, val_fraction, seed); at least one frame on each side."""
+    order = np.random.default_rng(seed).permutation(count)
+    n_val = min(max(1, round(count * val_fraction)), count - 1)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def load_training_data(config: TrainConfig) -> TrainingData:
+    if config.data == "synthetic":
+        images, masks, names = _synthesize(config.synthetic_count, config.synthetic_size, config.seed)
+        source = f"synthetic(count={config.synthetic_count}, size={config.synthetic_size}, seed={config.seed})"
+    else:
+        images, masks, names = _read_folder(config.data)
+        source = str(Path(config.data).resolve())
+    if len(names) < 2:
+        raise InputError(f"{config.data}: need at least 2 image/mask pairs to train and validate, found {len(names)}")
+    frames = Frames(_stack(images, config.image_size, False), _stack(masks, config.image_size, True), names)
+    train_idx, val_idx = split_indices(len(frames), config.val_fraction, config.seed)
+    return TrainingData(frames.subset(train_idx), frames.subset(val_idx), source, _digest(images, masks))

@@ -1,0 +1,64 @@
+"""`coroseg evaluate`: predict on labelled frames, then score each against its expert mask."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from coroseg.data.imageio import probe_image
+from coroseg.data.pairs import find_pairs
+from coroseg.errors import InputError
+from coroseg.evaluation.metrics import image_metrics, mean_metrics
+from coroseg.inference.predict import InferenceOptions, InferenceSession, check_output
+from coroseg.tracking import layout
+from coroseg.tracking.record import new_record_dir
+from coroseg.tracking.training_record import markdown_table
+
+log = logging.getLogger("coroseg")
+
+
+@dataclass
+class EvaluationOutcome:
+    run_id: str | None
+    means: dict[str, float]
+    output: Path
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def run_evaluation(options: InferenceOptions, data: str) -> EvaluationOutcome:
+    pairs = find_pairs(data)                                   # bad input: error before the run
+    for pair in pairs:
+        image_size, mask_size = probe_image(pair.image), probe_image(pair.mask)
+        if image_size != mask_size:
+            raise InputError(f"{pair.mask}: mask size {mask_size} differs from image size {image_size}")
+    output = Path(options.output) if options.output else new_record_dir("coroseg_runs", "evaluate")
+    check_output(output, options.overwrite)
+    session = InferenceSession(options, output, layout.EVALUATION_TAGS, f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
+    status = "FAILED"
+    try:
+        session.log_params([p.image for p in pairs], {"data": str(data)})
+        results = session.run([p.image for p in pairs], [p.mask for p in pairs])
+        rows = [{"image": r.name, **image_metrics(r.mask, r.truth)} for r in results]
+        means = mean_metrics(rows)
+        session.tracker.log_metrics(means)
+        session.record.write_text("per_image_metrics", "metrics.csv", _csv(rows))
+        session.record.write_json("evaluation_summary", "summary.json", {"means": means, "images": len(rows)})
+        session.record.write_text("evaluation_summary", "summary.md",
+                                  "# Evaluation\n\n" + markdown_table({**means, "images": len(rows)}))
+        session.finish(results, {"means": means})
+        status = "FINISHED"
+    finally:
+        session.close(status)
+    log.info("evaluated %d images: %s", len(rows), "  ".join(f"{k} {v:.4f}" for k, v in means.items()))
+    return EvaluationOutcome(session.tracker.run_id if not session.tracker.failed else None, means, output)

@@ -1,0 +1,67 @@
+"""Loading a logged model by URI (runs:/, models:/, or a local MLflow model folder).
+
+The logged model is a torch.export graph (no pickle). Its weights are loaded into a freshly built
+MONAI network of the recorded family, so inference can run on any device and in bf16 on CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coroseg.errors import InputError
+from coroseg.tracking.redact import redact_text
+
+log = logging.getLogger("coroseg")
+
+
+@dataclass
+class LoadedModel:
+    module: torch.nn.Module
+    metadata: dict[str, Any]
+    uri: str
+
+    @property
+    def image_size(self) -> int:
+        return int(self.metadata.get("image_size", 256))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metadata.get("threshold", 0.5))
+
+
+def _local_copy(uri: str) -> Path:
+    import mlflow
+
+    if Path(uri).is_dir():
+        if not (Path(uri) / "MLmodel").is_file():
+            raise InputError(f"{uri}: not an MLflow model folder (no MLmodel file)")
+        return Path(uri)
+    if "://" not in uri and ":/" not in uri:
+        raise InputError(f"{uri}: no such model folder, and not a runs:/ or models:/ URI")
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; all mean 'cannot load this'
+        raise InputError(f"{uri}: cannot load model ({redact_text(str(exc).splitlines()[0])})") from exc
+
+
+def load_model(uri: str, device: torch.device) -> LoadedModel:
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    from coroseg.models import build_model
+
+    folder = _local_copy(uri)
+    metadata = Model.load(str(folder)).metadata or {}
+    exported = mlflow.pytorch.load_model(str(folder))
+    family = metadata.get("model_family")
+    if family is None:
+        log.warning("%s: model has no coroseg metadata; running the exported graph on the CPU", uri)
+        return LoadedModel(exported, metadata, uri)
+    model = build_model(family)
+    model.load_state_dict(exported.state_dict())
+    return LoadedModel(model.to(device).eval(), metadata, uri)

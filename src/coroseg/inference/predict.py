@@ -1,0 +1,226 @@
+"""`coroseg predict`: masks, overlays and JSON per frame, in the inference layout, on disk and in MLflow.
+
+The output folder is laid out exactly like the MLflow run (predictions/outputs, predictions/comparisons,
+...), so what a user finds on disk and in the UI is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from coroseg.data.imageio import encode_png, probe_image, read_gray, read_mask
+from coroseg.data.pairs import find_inputs, ground_truth_for
+from coroseg.errors import InputError
+from coroseg.inference.model_loading import LoadedModel, load_model
+from coroseg.inference.predictor import Predictor
+from coroseg.tracking import layout
+from coroseg.tracking.base import Tracker
+from coroseg.tracking.environment import environment, environment_params, resolve_device
+from coroseg.tracking.record import RunRecord
+from coroseg.tracking.redact import redact_uri
+from coroseg.tracking.training_record import markdown_table
+from coroseg.visualize import comparison, png_bytes
+
+log = logging.getLogger("coroseg")
+
+
+@dataclass
+class InferenceOptions:
+    model_uri: str
+    output: str | None
+    batch_size: int = 4
+    resolution: int | None = None
+    device: str = "auto"
+    overwrite: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "coroseg"
+    tracking: bool = True
+
+
+@dataclass
+class FileResult:
+    source: Path
+    name: str
+    probabilities: np.ndarray
+    mask: np.ndarray
+    truth: np.ndarray | None
+    seconds: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferenceOutcome:
+    run_id: str | None
+    files: int
+    output: Path
+    results: list[FileResult]
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Output names from file stems; `a.png` and `a.tif` become `a` and `a_tif`."""
+    seen: set[str] = set()
+    names = []
+    for path in paths:
+        name = path.stem if path.stem not in seen else f"{path.stem}_{path.suffix.lstrip('.')}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    """Never write over earlier predictions unless asked to."""
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output}: exists and is not a folder")
+    taken = [output / d for d in ("predictions", "inference", "evaluation") if (output / d).exists()]
+    if taken and not overwrite:
+        raise InputError(f"{taken[0]}: already holds results; choose a new --output or pass --overwrite")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def make_tracker(options: InferenceOptions, output: Path) -> Tracker:
+    if not options.tracking:
+        return Tracker()
+    from coroseg.tracking.mlflow_tracker import MlflowTracker
+
+    return MlflowTracker(options.tracking_uri, options.experiment, output)
+
+
+class InferenceSession:
+    """One inference run: model, predictor, output folder and tracker, shared by predict and evaluate."""
+
+    def __init__(self, options: InferenceOptions, output: Path, tags: dict[str, str], run_name: str) -> None:
+        self.options, self.output = options, output
+        self.device = resolve_device(options.device)
+        self.model: LoadedModel = load_model(options.model_uri, self.device)
+        self.predictor = Predictor(self.model, options.resolution, options.batch_size)
+        output.mkdir(parents=True, exist_ok=True)
+        self.tracker = make_tracker(options, output)
+        self.record = RunRecord(output, self.tracker)
+        self.env = environment(self.device)
+        self.tracker.start(run_name, tags)
+        self.started = time.perf_counter()
+
+    def log_params(self, inputs: list[Path], extra: dict[str, Any]) -> None:
+        self.tracker.log_params({
+            "inference_mode": True,
+            "resolution": self.predictor.resolution,
+            "model_uri": redact_uri(self.options.model_uri),
+            "device": str(self.device),
+            "batch_size": self.options.batch_size,
+            "threshold": self.model.threshold,
+            "model_family": self.model.metadata.get("model_family"),
+            "files": len(inputs),
+            **extra,
+            **environment_params(self.env),
+        })
+
+    def run(self, inputs: list[Path], truths: list[Path | None]) -> list[FileResult]:
+        names, results = unique_names(inputs), []
+        progress = tqdm(total=len(inputs), desc="predict", unit="file", file=sys.stderr,
+                        disable=not sys.stderr.isatty())
+        for start in range(0, len(inputs), self.options.batch_size):
+            chunk = slice(start, start + self.options.batch_size)
+            results += self._batch(inputs[chunk], names[chunk], truths[chunk])
+            progress.update(len(inputs[chunk]))
+        progress.close()
+        return results
+
+    def _batch(self, paths: list[Path], names: list[str], truths: list[Path | None]) -> list[FileResult]:
+        frames = [read_gray(p) for p in paths]
+        masks = [read_mask(t) if t is not None else None for t in truths]
+        t0 = time.perf_counter()
+        probabilities = self.predictor.probabilities(frames)
+        per_file = (time.perf_counter() - t0) / len(paths)
+        results = []
+        for path, name, frame, probs, truth in zip(paths, names, frames, probabilities, masks):
+            if truth is not None and truth.shape != frame.shape:
+                truth = None
+                log.warning("%s: ground truth size differs from the image; left out", path)
+            result = FileResult(path, name, probs, probs > self.model.threshold, truth, per_file)
+            self._write(result, frame)
+            results.append(result)
+        return results
+
+    def _write(self, result: FileResult, frame: np.ndarray) -> None:
+        height, width = frame.shape
+        result.metadata = {
+            "source_path": str(result.source),
+            "width": width,
+            "height": height,
+            "inference_seconds": round(result.seconds, 4),
+            "vessel_fraction": float(result.mask.mean()),
+            "threshold": self.model.threshold,
+            "resolution": self.predictor.resolution,
+            "model_uri": redact_uri(self.options.model_uri),
+            "mask": f"{layout.artifact_dir('outputs')}/{result.name}_mask.png",
+        }
+        self.record.write_bytes("inputs", f"{result.name}.png", encode_png(frame))
+        self.record.write_bytes("outputs", f"{result.name}_mask.png", encode_png(result.mask))
+        self.record.write_bytes("comparisons", f"{result.name}.png",
+                                png_bytes(comparison(frame, result.mask, result.truth)))
+        self.record.write_json("metadata", f"{result.name}.json", result.metadata)
+
+    def finish(self, results: list[FileResult], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        duration = time.perf_counter() - self.started
+        metrics = {
+            "inference_duration_seconds": duration,
+            "files_processed": len(results),
+            "processing_rate_files_per_second": len(results) / duration if duration > 0 else 0.0,
+            "peak_memory_mb": peak_memory_mb(self.device),
+        }
+        self.tracker.log_metrics(metrics)
+        summary = {
+            **metrics,
+            "model_uri": redact_uri(self.options.model_uri),
+            "model_family": self.model.metadata.get("model_family"),
+            "device": str(self.device),
+            "device_name": self.env["device_name"],
+            "resolution": self.predictor.resolution,
+            "files": [r.metadata for r in results],
+            **(extra or {}),
+            "run_id": self.tracker.run_id,
+            "output": str(self.output),
+        }
+        self.record.write_json("inference_summary", "summary.json", summary)
+        self.record.write_json("inference_summary", "environment.json", self.env)
+        table = {k: v for k, v in summary.items() if k != "files"}
+        self.record.write_text("inference_summary", "summary.md", "# Inference run\n\n" + markdown_table(table))
+        return summary
+
+    def close(self, status: str) -> None:
+        self.tracker.finish(status)
+
+
+def run_prediction(options: InferenceOptions, input_path: str) -> InferenceOutcome:
+    inputs = find_inputs(input_path)                       # bad input: error before the run
+    for path in inputs:
+        probe_image(path)
+    output = Path(options.output)
+    check_output(output, options.overwrite)
+    session = InferenceSession(options, output, layout.INFERENCE_TAGS, f"predict-{time.strftime('%Y%m%d-%H%M%S')}")
+    status = "FAILED"
+    try:
+        session.log_params(inputs, {"input": str(input_path)})
+        results = session.run(inputs, [ground_truth_for(p) for p in inputs])
+        session.finish(results)
+        status = "FINISHED"
+    finally:
+        session.close(status)
+    log.info("predicted %d files into %s", len(results), output)
+    return InferenceOutcome(session.tracker.run_id if not session.tracker.failed else None, len(results), output,
+                            results)

@@ -1,0 +1,115 @@
+"""The registry of model families, all MONAI networks: one output channel of logits.
+
+`SegmentationModel` wraps a network for inference and export: it pads any spatial size up to what
+the network's down-sampling needs, applies the sigmoid and crops back, so the logged model takes
+(N,1,H,W) float32 frames of any size and returns vessel probabilities of the same size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coroseg.errors import InputError
+
+
+def _unet() -> nn.Module:
+    from monai.networks.nets import UNet
+
+    return UNet(2, 1, 1, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2)
+
+
+def _attention_unet() -> nn.Module:
+    from monai.networks.nets import AttentionUnet
+
+    return AttentionUnet(2, 1, 1, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2))
+
+
+def _basic_unet() -> nn.Module:
+    from monai.networks.nets import BasicUNet
+
+    return BasicUNet(2, 1, 1, features=(16, 32, 64, 128, 256, 16))
+
+
+class _FirstOutput(nn.Module):
+    """UNet++ returns one output per decoder depth (for deep supervision); keep the full-depth one."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[0]
+
+
+def _unetpp() -> nn.Module:
+    from monai.networks.nets import BasicUNetPlusPlus
+
+    return _FirstOutput(BasicUNetPlusPlus(2, 1, 1, features=(16, 32, 64, 128, 256, 16)))
+
+
+def _segresnet() -> nn.Module:
+    from monai.networks.nets import SegResNet
+
+    return SegResNet(2, init_filters=16, in_channels=1, out_channels=1)
+
+
+@dataclass(frozen=True)
+class Family:
+    build: Callable[[], nn.Module]
+    divisor: int  # input sides must be multiples of this (total down-sampling factor)
+
+
+FAMILIES: dict[str, Family] = {
+    "unet": Family(_unet, 16),
+    "attention_unet": Family(_attention_unet, 16),
+    "basic_unet": Family(_basic_unet, 16),
+    "unetpp": Family(_unetpp, 16),
+    "segresnet": Family(_segresnet, 8),
+}
+DEFAULT_FAMILY = "unet"
+
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise InputError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})")
+    return FAMILIES[name]
+
+
+def build_network(name: str) -> nn.Module:
+    return family(name).build()
+
+
+def build_model(name: str) -> "SegmentationModel":
+    chosen = family(name)
+    return SegmentationModel(chosen.build(), chosen.divisor)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class SegmentationModel(nn.Module):
+    """Any (N,1,H,W) float32 frame batch in, vessel probabilities of the same shape out."""
+
+    def __init__(self, network: nn.Module, divisor: int) -> None:
+        super().__init__()
+        self.network = network
+        self.divisor = divisor
+
+    def logits(self, x: torch.Tensor, export_safe: bool = False) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        d = self.divisor
+        # For export, always pad by 1..d pixels, never 0: a pad that is empty for some sizes makes
+        # torch.export specialise on the input size, and the exported model would reject other sizes.
+        pad_h, pad_w = (d - h % d, d - w % d) if export_safe else (-h % d, -w % d)
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        return self.network(x)[..., :h, :w]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x, export_safe=True))

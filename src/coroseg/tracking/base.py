@@ -1,0 +1,37 @@
+"""The small interface the training loop and the commands talk to, in the spirit of Lightning's Logger.
+
+`Tracker` itself records nothing: it is the tracker of `--no-tracking`. Other backends subclass it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class Tracker:
+    """Records nothing. Subclasses send params, metrics, tags, artifacts and the model somewhere."""
+
+    run_id: str | None = None
+    failed: bool = False
+
+    def start(self, run_name: str | None, tags: dict[str, str]) -> str | None:
+        return None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_artifact(self, local_path: Path, artifact_dir: str) -> None:
+        pass
+
+    def log_model(self, model: Any, input_example: Any, metadata: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass

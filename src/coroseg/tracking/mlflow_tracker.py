@@ -1,0 +1,152 @@
+"""MLflow backend of the Tracker interface.
+
+A failure of tracking never stops the work: the first failed call is reported once, on stderr, with
+where the local record is, and every later call becomes a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from coroseg.tracking.base import Tracker
+from coroseg.tracking.layout import MODEL_NAME
+from coroseg.tracking.redact import redact_text
+
+log = logging.getLogger("coroseg")
+
+# MLflow's defaults retry a dead server for about four minutes per call; a user waits for none of that.
+_FAST_FAIL_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+_PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
+
+
+def configure_mlflow_env() -> None:
+    """Fail fast on dead servers, unless the user chose other values."""
+    for name, value in _FAST_FAIL_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def model_signature():
+    """Any batch size and any spatial size, one channel in, one probability channel out."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    spec = Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))])
+    return ModelSignature(inputs=spec, outputs=spec)
+
+
+def pip_requirements() -> list[str]:
+    """Given explicitly: MLflow's own inference of them costs seconds and guesses."""
+    import mlflow
+    import numpy
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={numpy.__version__}"]
+
+
+class MlflowTracker(Tracker):
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment: str,
+        record_dir: Path | None = None,
+        system_metrics: bool = False,
+    ) -> None:
+        configure_mlflow_env()
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.record_dir = record_dir
+        self.system_metrics = system_metrics
+        self.client = None
+
+    def _guard(self, action: str, call: Callable[[], Any]) -> Any:
+        if self.failed:
+            return None
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - any tracking failure must leave the work running
+            self.failed = True
+            first_line = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            where = f" The complete record is kept in {self.record_dir}." if self.record_dir else ""
+            print(
+                f"coroseg: MLflow tracking failed while {action} ({type(exc).__name__}: {first_line}). "
+                f"The work goes on without tracking.{where}",
+                file=sys.stderr,
+            )
+            return None
+
+    def start(self, run_name: str | None, tags: dict[str, str]) -> str | None:
+        def _start() -> str:
+            import mlflow
+            from mlflow import MlflowClient
+
+            if self.tracking_uri:
+                mlflow.set_tracking_uri(self.tracking_uri)
+            mlflow.set_experiment(self.experiment)
+            run = mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=self.system_metrics)
+            self.client = MlflowClient()
+            return run.info.run_id
+
+        self.run_id = self._guard("starting the run", _start)
+        if self.run_id is None:
+            self.failed = True
+        return self.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        batch = [Param(k, str(v)[:_PARAM_VALUE_LIMIT]) for k, v in params.items()]
+        self._guard("logging params", lambda: self.client.log_batch(self.run_id, params=batch))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import mlflow
+
+        self._guard("logging metrics", lambda: mlflow.log_metrics(metrics, step=step, run_id=self.run_id))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        import mlflow
+
+        self._guard("setting tags", lambda: mlflow.set_tags(tags))
+
+    def log_artifact(self, local_path: Path, artifact_dir: str) -> None:
+        self._guard(
+            f"uploading {artifact_dir}/{Path(local_path).name}",
+            lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_dir),
+        )
+
+    def log_model(self, model: Any, input_example: Any, metadata: dict[str, Any]) -> None:
+        import mlflow.pytorch
+
+        self._guard(
+            "logging the model",
+            lambda: mlflow.pytorch.log_model(
+                model,
+                name=MODEL_NAME,
+                signature=model_signature(),
+                input_example=input_example,
+                pip_requirements=pip_requirements(),
+                metadata=metadata,
+                serialization_format="pt2",  # a graph, not a pickle: safe to load from anyone
+            ),
+        )
+
+    def finish(self, status: str = "FINISHED") -> None:
+        import mlflow
+
+        if self.run_id is None:
+            return
+        # Ending the run also stops the system-metrics thread, so do it even after a failure.
+        try:
+            mlflow.end_run(status=status if not self.failed else "FAILED")
+        except Exception as exc:  # noqa: BLE001 - the server may be gone; the work is done anyway
+            log.warning("could not close the MLflow run: %s", redact_text(str(exc).splitlines()[0]))

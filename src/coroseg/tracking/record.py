@@ -1,0 +1,68 @@
+"""A run's record: every artifact is written to a local folder in the layout, then handed to the tracker.
+
+The local folder is what survives when tracking fails, and what `--no-tracking` leaves behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from coroseg.tracking import layout
+from coroseg.tracking.base import Tracker
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside the target, then rename: no reader ever sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str) + "\n"
+
+
+def new_record_dir(base: str | Path, run_name: str) -> Path:
+    """A fresh folder per run: an earlier record is never written over."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    root = Path(base)
+    for attempt in range(1000):
+        candidate = root / (f"{stamp}-{run_name}" + (f"-{attempt}" if attempt else ""))
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{root}: no free record folder name for {run_name}")
+
+
+class RunRecord:
+    def __init__(self, root: Path, tracker: Tracker) -> None:
+        self.root = root
+        self.tracker = tracker
+
+    def path(self, category: str, filename: str, epoch: int | None = None) -> Path:
+        return self.root / layout.artifact_dir(category, epoch) / filename
+
+    def write_bytes(self, category: str, filename: str, data: bytes, epoch: int | None = None) -> Path:
+        target = self.path(category, filename, epoch)
+        atomic_write(target, data)
+        self.tracker.log_artifact(target, layout.artifact_dir(category, epoch))
+        return target
+
+    def write_text(self, category: str, filename: str, text: str, epoch: int | None = None) -> Path:
+        return self.write_bytes(category, filename, text.encode(), epoch)
+
+    def write_json(self, category: str, filename: str, obj: Any, epoch: int | None = None) -> Path:
+        return self.write_text(category, filename, to_json(obj), epoch)

@@ -1,0 +1,236 @@
+"""Turns training events into the run's record: every folder of the training layout, params, metrics, tags."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from coroseg.config import TrainConfig, to_yaml
+from coroseg.data.dataset import TrainingData
+from coroseg.models import SegmentationModel, parameter_count
+from coroseg.training.checkpoint import sha256, weights_bytes
+from coroseg.training.trainer import EpochResult, Preview, TrainResult
+from coroseg.tracking import layout
+from coroseg.tracking.environment import environment_params
+from coroseg.tracking.record import RunRecord
+from coroseg.tracking.redact import redact_uri
+from coroseg.visualize import comparison, png_bytes, training_curves
+
+THRESHOLD = 0.5
+
+
+def markdown_table(rows: dict[str, Any]) -> str:
+    lines = ["| key | value |", "| --- | --- |"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+class LogCapture(logging.Handler):
+    """Keeps the run's log lines: all of them, and those of the epoch in progress."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+        self.epoch_start = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def take_epoch(self) -> str:
+        lines, self.epoch_start = self.lines[self.epoch_start :], len(self.lines)
+        return "\n".join(lines) + "\n"
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+class TrainingRecord:
+    """The `TrainingEvents` that write the record of one training run."""
+
+    def __init__(self, record: RunRecord, config: TrainConfig, data: TrainingData, env: dict[str, Any],
+                 model: SegmentationModel) -> None:
+        self.record, self.tracker = record, record.tracker
+        self.config, self.data, self.env = config, data, env
+        self.parameters = parameter_count(model)
+        self.logs = LogCapture()
+        self.started = time.time()
+
+    # -- start ---------------------------------------------------------------------------------
+    def resolved_config(self) -> dict[str, Any]:
+        values = self.config.to_dict()
+        values["tracking_uri"] = redact_uri(values["tracking_uri"])
+        return values
+
+    def data_record(self) -> dict[str, Any]:
+        return {
+            "source": self.data.source,
+            "digest_sha256": self.data.digest,
+            "train_frames": len(self.data.train),
+            "val_frames": len(self.data.val),
+            "train_names": self.data.train.names,
+            "val_names": self.data.val.names,
+        }
+
+    def begin(self) -> str | None:
+        logging.getLogger("coroseg").addHandler(self.logs)
+        run_id = self.tracker.start(self.config.run_name, layout.TRAINING_TAGS)
+        params = {
+            **self.resolved_config(),
+            **layout.TRAINING_PARAMS,
+            **environment_params(self.env),
+            "parameter_count": self.parameters,
+            "train_frames": len(self.data.train),
+            "val_frames": len(self.data.val),
+            "data_digest": self.data.digest,
+        }
+        self.tracker.log_params(params)
+        self.record.write_text("config", "config.yaml", to_yaml(self.resolved_config()))
+        self.record.write_json("config", "environment.json", self.env)
+        self.record.write_json("config", "data.json", self.data_record())
+        return run_id
+
+    # -- events of the loop --------------------------------------------------------------------
+    def on_best(self, result: EpochResult, model: SegmentationModel, optimizer: torch.optim.Optimizer) -> None:
+        blob = weights_bytes(model.state_dict())
+        self.record.write_bytes("best_weights", layout.WEIGHTS_FILE, blob, result.epoch)
+        self.record.write_json("best_metadata", "best_model.json", {
+            "epoch": result.epoch,
+            "val_dice": result.val_dice,
+            "val_loss": result.val_loss,
+            "weights": f"{layout.artifact_dir('best_weights', result.epoch)}/{layout.WEIGHTS_FILE}",
+            "sha256": sha256(blob),
+            "parameter_count": self.parameters,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds_since_start": round(time.time() - self.started, 2),
+        })
+        self.record.write_json("best_context", "context.json", {
+            "config": self.resolved_config(),
+            "data": self.data_record(),
+            "environment": self.env,
+            "optimizer": _optimizer_summary(optimizer),
+        })
+
+    def on_epoch_end(self, result: EpochResult, preview: Preview, history: list[EpochResult]) -> None:
+        e = result.epoch
+        self.tracker.log_metrics(result.metrics(), step=e)
+        metrics = {"epoch": e, **result.metrics(), "is_best": result.is_best}
+        self.record.write_json("epoch_metrics", "metrics.json", metrics, e)
+        self.record.write_text("epoch_config", "config.yaml",
+                               to_yaml({**self.resolved_config(), "epoch": e, "current_learning_rate": result.learning_rate}), e)
+        self.record.write_json("epoch_summary", "summary.json", metrics, e)
+        self.record.write_text("epoch_summary", "summary.md", f"# Epoch {e}\n\n" + markdown_table(metrics), e)
+        for name, image, mask, probs in zip(preview.names, preview.images, preview.masks, preview.probabilities):
+            self.record.write_bytes("epoch_predictions", f"{name}.png",
+                                    png_bytes(comparison(image, probs > THRESHOLD, mask)), e)
+        self.record.write_bytes("curves", "training_curves.png", training_curves([asdict(h) for h in history]), e)
+        self.record.write_text("epoch_log", "epoch.log", self.logs.take_epoch(), e)
+
+    # -- end -----------------------------------------------------------------------------------
+    def end(self, result: TrainResult, best: SegmentationModel, example: np.ndarray) -> None:
+        last = result.history[-1].epoch if result.history else 0
+        self.tracker.log_metrics({"best_val_dice": result.best_val_dice,
+                                  "training_duration_seconds": result.training_duration_seconds}, step=last)
+        self.record.write_bytes("final_weights", layout.WEIGHTS_FILE, weights_bytes(best.state_dict()))
+        self.record.write_text("final_config", "config.yaml", to_yaml(self.model_config()))
+        history = [asdict(h) for h in result.history]
+        self.record.write_json("final_history", "history.json", history)
+        self.record.write_text("final_history", "history.csv", _csv(history))
+        summary = self.summary(result)
+        self.record.write_json("final_summary", "model_summary.json", {**summary, "architecture": repr(best.network)})
+        self.record.write_text("final_summary", "model_summary.md", _model_markdown(summary, best))
+        self.record.write_json("summary", "summary.json", summary)
+        self.record.write_text("summary", "summary.md", _run_markdown(summary, history))
+        self.tracker.log_model(best, example, self.model_metadata())
+        self.record.write_text("log", "training.log", self.logs.text())
+
+    def close(self, status: str) -> None:
+        logging.getLogger("coroseg").removeHandler(self.logs)
+        self.tracker.finish(status)
+
+    def model_metadata(self) -> dict[str, Any]:
+        """What `predict` needs to use the model as it was trained."""
+        from coroseg.models import family
+
+        return {
+            "model_family": self.config.model_family,
+            "image_size": self.config.image_size,
+            "divisor": family(self.config.model_family).divisor,
+            "threshold": THRESHOLD,
+            "input": "float32 (N,1,H,W) grayscale frames scaled to [0,1]",
+            "output": "float32 (N,1,H,W) vessel probabilities",
+        }
+
+    def model_config(self) -> dict[str, Any]:
+        return {**self.resolved_config(), "model": self.model_metadata(), "data": self.data_record()}
+
+    def summary(self, result: TrainResult) -> dict[str, Any]:
+        return {
+            "model_family": self.config.model_family,
+            "parameter_count": self.parameters,
+            "epochs_run": len(result.history),
+            "epochs_planned": self.config.epochs,
+            "stopped_early": result.stopped_early,
+            "best_epoch": result.best_epoch,
+            "best_val_dice": result.best_val_dice,
+            "final_val_dice": result.history[-1].val_dice if result.history else None,
+            "training_duration_seconds": round(result.training_duration_seconds, 2),
+            "data_source": self.data.source,
+            "data_digest": self.data.digest,
+            "train_frames": len(self.data.train),
+            "val_frames": len(self.data.val),
+            "image_size": self.config.image_size,
+            "device": self.env["device"],
+            "device_name": self.env["device_name"],
+            "run_id": self.tracker.run_id,
+            "local_record": str(self.record.root),
+            "model_uri": f"runs:/{self.tracker.run_id}/{layout.MODEL_NAME}" if self.tracker.run_id else None,
+        }
+
+
+def _optimizer_summary(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    group = optimizer.param_groups[0]
+    steps = [int(s["step"]) for s in optimizer.state.values() if "step" in s]
+    return {
+        "type": type(optimizer).__name__,
+        "learning_rate": group["lr"],
+        "weight_decay": group.get("weight_decay"),
+        "betas": list(group.get("betas", ())),
+        "parameter_groups": len(optimizer.param_groups),
+        "state_tensors": len(optimizer.state),
+        "steps": max(steps, default=0),
+    }
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _model_markdown(summary: dict[str, Any], model: SegmentationModel) -> str:
+    return (
+        f"# Model summary\n\n{markdown_table(summary)}\n## Architecture\n\n```\n{model.network!r}\n```\n"
+    )
+
+
+def _run_markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    cols = ["epoch", "train_loss", "val_loss", "val_dice", "learning_rate", "epoch_duration_seconds"]
+    table = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    table += ["| " + " | ".join(_fmt(h[c]) if c != "learning_rate" else f"{h[c]:.2e}" for c in cols) + " |"
+              for h in history]
+    return f"# Training run\n\n{markdown_table(summary)}\n## Epochs\n\n" + "\n".join(table) + "\n"

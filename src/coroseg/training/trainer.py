@@ -1,0 +1,200 @@
+"""The training loop: a few short functions, and events for whoever records the run.
+
+The loop knows nothing of MLflow or of files: it reports each epoch and each new best model to a
+`TrainingEvents` object (tracking/training_record.py writes the record; tests may pass their own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from coroseg.config import TrainConfig
+from coroseg.data.augment import BatchAugmentation
+from coroseg.data.dataset import Frames, TrainingData
+from coroseg.models import SegmentationModel
+
+log = logging.getLogger("coroseg")
+
+
+@dataclass
+class EpochResult:
+    epoch: int                      # 1-based
+    train_loss: float
+    val_loss: float
+    val_dice: float
+    learning_rate: float
+    epoch_duration_seconds: float
+    is_best: bool = False
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if k not in ("epoch", "is_best")}
+
+
+@dataclass
+class Preview:
+    """A few validation frames with their masks and predicted probabilities, for overlays."""
+
+    names: list[str]
+    images: np.ndarray              # (K,H,W) float32
+    masks: np.ndarray               # (K,H,W) bool
+    probabilities: np.ndarray       # (K,H,W) float32
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochResult] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_dice: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    training_duration_seconds: float = 0.0
+    stopped_early: bool = False
+
+
+class TrainingEvents(Protocol):
+    def on_epoch_end(self, result: EpochResult, preview: Preview, history: list[EpochResult]) -> None: ...
+
+    def on_best(self, result: EpochResult, model: SegmentationModel, optimizer: torch.optim.Optimizer) -> None: ...
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device):
+    """bf16 on CUDA: same range as fp32, so no loss scaling is needed."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _optimizer_and_schedule(config: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
+    from monai.optimizers import WarmupCosineSchedule
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    total = max(1, config.epochs * steps_per_epoch)
+    schedule = WarmupCosineSchedule(optimizer, warmup_steps=config.warmup_epochs * steps_per_epoch, t_total=total,
+                                    end_lr=config.learning_rate * 0.01, warmup_multiplier=0.1)
+    return optimizer, schedule
+
+
+def _loss():
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(sigmoid=True)
+
+
+def _train_epoch(model, frames: Frames, config, optimizer, schedule, augment, loss_fn, device, epoch) -> float:
+    model.train()
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    order = torch.randperm(len(frames), generator=generator)
+    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    total = 0.0
+    progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
+                    file=sys.stderr, disable=not sys.stderr.isatty())
+    for idx in progress:
+        images = frames.images[idx].to(device, non_blocking=True)
+        masks = frames.masks[idx].to(device, non_blocking=True)
+        if augment is not None:
+            images, masks = augment(images, masks)
+        with _autocast(device):
+            logits = model.logits(images)
+        loss = loss_fn(logits.float(), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total += loss.item() * len(idx)
+        progress.set_postfix(loss=f"{loss.item():.4f}")
+    return total / len(frames)
+
+
+@torch.no_grad()
+def _validate(model, frames: Frames, config, loss_fn, device) -> tuple[float, float, torch.Tensor]:
+    from monai.metrics import DiceMetric
+
+    model.eval()
+    dice = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
+    total, probabilities = 0.0, []
+    for start in range(0, len(frames), config.batch_size):
+        images = frames.images[start : start + config.batch_size].to(device)
+        masks = frames.masks[start : start + config.batch_size].to(device)
+        with _autocast(device):
+            logits = model.logits(images)
+        logits = logits.float()
+        total += loss_fn(logits, masks).item() * len(images)
+        probs = torch.sigmoid(logits)
+        dice(y_pred=(probs > 0.5).float(), y=masks)
+        probabilities.append(probs.cpu())
+    return total / len(frames), float(dice.aggregate().item()), torch.cat(probabilities)
+
+
+def _preview(frames: Frames, probabilities: torch.Tensor, count: int) -> Preview:
+    k = min(count, len(frames))
+    return Preview(
+        names=frames.names[:k],
+        images=frames.images[:k, 0].numpy(),
+        masks=frames.masks[:k, 0].numpy() > 0.5,
+        probabilities=probabilities[:k, 0].numpy(),
+    )
+
+
+def train(
+    config: TrainConfig, data: TrainingData, model: SegmentationModel, device: torch.device, events: TrainingEvents
+) -> TrainResult:
+    seed_everything(config.seed)
+    model.to(device)
+    steps = math.ceil(len(data.train) / config.batch_size)
+    optimizer, schedule = _optimizer_and_schedule(config, model, steps)
+    augment = BatchAugmentation().to(device) if config.augment else None
+    loss_fn = _loss()
+    result, since_best, started = TrainResult(), 0, time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        train_loss = _train_epoch(model, data.train, config, optimizer, schedule, augment, loss_fn, device, epoch)
+        val_loss, val_dice, probabilities = _validate(model, data.val, config, loss_fn, device)
+        epoch_result = EpochResult(
+            epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"], time.perf_counter() - t0
+        )
+        epoch_result.is_best = val_dice > result.best_val_dice
+        result.history.append(epoch_result)
+        log.info(
+            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  lr %.2e  %.1fs%s",
+            epoch, config.epochs, train_loss, val_loss, val_dice, epoch_result.learning_rate,
+            epoch_result.epoch_duration_seconds, "  (best)" if epoch_result.is_best else "",
+        )
+        if epoch_result.is_best:
+            result.best_epoch, result.best_val_dice, since_best = epoch, val_dice, 0
+            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            events.on_best(epoch_result, model, optimizer)
+        else:
+            since_best += 1
+        events.on_epoch_end(epoch_result, _preview(data.val, probabilities, config.val_samples), result.history)
+        if since_best >= config.patience and epoch < config.epochs:
+            log.info("early stop: no better val_dice for %d epochs (best %.4f at epoch %d)",
+                     since_best, result.best_val_dice, result.best_epoch)
+            result.stopped_early = True
+            break
+    result.training_duration_seconds = time.perf_counter() - started
+    return result
+
+
+def best_model(model: SegmentationModel, result: TrainResult) -> SegmentationModel:
+    """A CPU copy of the model with the best epoch's weights."""
+    best = copy.deepcopy(model).to("cpu").eval()
+    if result.best_state is not None:
+        best.load_state_dict(result.best_state)
+    return best
