@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -14,11 +15,23 @@ def ui_command(port: int, store: str) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
 def serve(port: int, store: str | None = None) -> int:
+    """Run the server until Ctrl+C or SIGTERM, and take it down with us either way."""
     store = store or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
     print(f"Access MLflow UI: http://localhost:{port}", flush=True)
     print("Press Ctrl+C to stop.", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    server = subprocess.Popen(ui_command(port, store))
     try:
-        return subprocess.call(ui_command(port, store))
+        return server.wait()
     except KeyboardInterrupt:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
         return 0

@@ -10,15 +10,16 @@ _USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
 
 
 def redact_uri(uri: str | None) -> str | None:
-    """Drop user:password@ and secret-looking query values from a URI."""
+    """Drop user:password@ and secret-looking query values from a URI; leave other URIs untouched."""
     if not uri:
         return uri
     parts = urlsplit(uri)
+    pairs = [pair.partition("=") for pair in parts.query.split("&") if pair]
+    secret_query = any(_SECRET_KEYS.search(k) for k, _, _ in pairs)
+    if "@" not in parts.netloc and not secret_query:
+        return uri
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = "&".join(
-        f"{k}=***" if _SECRET_KEYS.search(k) else f"{k}={v}"
-        for k, _, v in (pair.partition("=") for pair in parts.query.split("&") if pair)
-    )
+    query = "&".join(f"{k}=***" if _SECRET_KEYS.search(k) else f"{k}{sep}{v}" for k, sep, v in pairs)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

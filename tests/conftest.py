@@ -1,0 +1,144 @@
+"""Shared fixtures: a tiny synthetic data set, a store per session, one short training run reused by many tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from coroseg.cli import main  # noqa: E402
+
+EPOCHS = 3
+SMALL_CONFIG = """\
+synthetic_count: 12
+synthetic_size: 96
+image_size: 64
+batch_size: 4
+val_samples: 2
+patience: 10
+system_metrics: false
+"""
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    def value(self, key: str) -> str:
+        """The value of a `key: value` line of standard output."""
+        for line in self.stdout.splitlines():
+            if line.startswith(f"{key}: "):
+                return line.split(": ", 1)[1]
+        raise AssertionError(f"no {key!r} line in:\n{self.stdout}\n{self.stderr}")
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> CliResult:
+    """Run `coroseg ARGS` in-process (no interpreter start-up per call), in `cwd`."""
+    old = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        os.chdir(old)
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout}s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def small_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "small.yaml"
+    path.write_text(SMALL_CONFIG)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pairs_dir(tmp_path_factory) -> Path:
+    from coroseg.data.synthetic import write_synthetic_set
+
+    folder = tmp_path_factory.mktemp("pairs")
+    write_synthetic_set(folder, count=6, size=80, seed=3)
+    return folder
+
+
+@dataclass
+class TrainedRun:
+    workdir: Path
+    store: str
+    run_id: str
+    record_dir: Path
+    result: CliResult
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, small_config) -> TrainedRun:
+    """One short training run on synthetic frames into a fresh SQLite store."""
+    workdir = tmp_path_factory.mktemp("train")
+    store = f"sqlite:///{workdir / 'mlflow.db'}"
+    result = run_cli("train", "--config", small_config, "--epochs", EPOCHS, "--tracking-uri", store,
+                     "--experiment", "tests", "--run-name", "fixture-run", cwd=workdir)
+    assert result.exit_code == 0, result.stderr
+    return TrainedRun(workdir, store, result.value("run_id"), workdir / result.value("local_record"), result)
+
+
+@pytest.fixture()
+def client(trained):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=trained.store)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on loopback, stopped by PID at the end."""
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)

@@ -1,0 +1,57 @@
+"""Configuration precedence, the model registry, secret redaction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coroseg.config import TrainConfig, resolve
+from coroseg.errors import InputError
+from coroseg.models import FAMILIES, build_model, family
+from coroseg.tracking.redact import redact_text, redact_uri
+
+
+def test_defaults_then_yaml_then_flags(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 7\nlearning_rate: 1\nimage_size: 128\n")
+    resolved = resolve(cfg, epochs=3, image_size=None)
+    assert resolved.epochs == 3                   # flag beats YAML
+    assert resolved.image_size == 128             # YAML beats default; an absent flag changes nothing
+    assert resolved.learning_rate == 1.0 and isinstance(resolved.learning_rate, float)
+    assert resolved.batch_size == TrainConfig().batch_size
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("epochz: 3\n", "unknown option 'epochz'"),
+    ("epochs: three\n", "epochs must be a int"),
+    ("- a list\n", "must be a mapping"),
+    ("epochs: 0\n", "epochs must be at least 1"),
+    ("val_fraction: 1.5\n", "val_fraction"),
+])
+def test_bad_yaml_names_the_file_and_the_problem(tmp_path, text, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(InputError, match=needle):
+        resolve(cfg)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_family_maps_any_frame_size_to_probabilities(name):
+    model = build_model(name).eval()
+    with torch.no_grad():
+        for shape in [(2, 1, 64, 64), (1, 1, 45, 70)]:
+            out = model(torch.rand(*shape))
+            assert out.shape == shape
+            assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+        assert model.logits(torch.rand(1, 1, 64, 48)).shape == (1, 1, 64, 48)
+
+
+def test_unknown_family_lists_known():
+    with pytest.raises(InputError, match="known: unet, attention_unet, basic_unet, unetpp, segresnet"):
+        family("vnet")
+
+
+def test_redaction():
+    assert redact_uri("http://bob:pw@host:5000/x?token=abc&a=1") == "http://host:5000/x?token=***&a=1"
+    assert redact_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert "pw" not in redact_text("failed: https://bob:pw@host/api")

@@ -1,0 +1,124 @@
+"""Inference and evaluation runs, asserted through MlflowClient and on disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+from tests.test_training_run import all_artifacts
+
+
+@pytest.fixture(scope="module")
+def predicted(trained, pairs_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict") / "out"
+    result = run_cli("predict", "--model", f"runs:/{trained.run_id}/pytorch_model", "--input", pairs_dir,
+                     "--output", out, "--tracking-uri", trained.store, "--experiment", "tests", "--batch-size", 4)
+    assert result.exit_code == 0, result.stderr
+    return result, out
+
+
+def test_predict_run_has_the_inference_layout(client, predicted, pairs_dir):
+    result, out = predicted
+    run_id = result.value("run_id")
+    assert result.stdout.strip().splitlines()[-1] == f"run_id: {run_id}"
+    stems = sorted(p.stem for p in pairs_dir.glob("*.png") if not p.stem.endswith("_gt"))
+    artifacts = all_artifacts(client, run_id)
+    for stem in stems:
+        assert f"predictions/inputs/{stem}.png" in artifacts
+        assert f"predictions/outputs/{stem}_mask.png" in artifacts
+        assert f"predictions/comparisons/{stem}.png" in artifacts
+        assert f"predictions/metadata/{stem}.json" in artifacts
+    assert not any("_gt" in a for a in artifacts), "ground-truth masks must not be treated as inputs"
+    assert {"inference/summary/summary.md", "inference/summary/summary.json"} <= artifacts
+    # the output folder is laid out like the run
+    on_disk = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert artifacts <= on_disk
+
+
+def test_predict_params_tags_metrics(client, predicted, trained):
+    result, _ = predicted
+    run = client.get_run(result.value("run_id"))
+    assert run.data.params["inference_mode"] == "True"
+    assert run.data.params["model_uri"] == f"runs:/{trained.run_id}/pytorch_model"
+    assert run.data.params["resolution"] == "64"          # the model's training size
+    assert run.data.params["device"] == "cpu"
+    assert run.data.tags["task"] == "inference" and run.data.tags["mode"] == "prediction"
+    metrics = run.data.metrics
+    assert metrics["files_processed"] == 6
+    assert metrics["inference_duration_seconds"] > 0
+    assert metrics["processing_rate_files_per_second"] == pytest.approx(6 / metrics["inference_duration_seconds"])
+    assert metrics["peak_memory_mb"] > 0
+
+
+def test_predicted_masks_have_the_input_size_and_metadata(predicted, pairs_dir):
+    _, out = predicted
+    mask = np.asarray(Image.open(out / "predictions/outputs/1_mask.png"))
+    assert mask.shape == np.asarray(Image.open(pairs_dir / "1.png")).shape
+    assert set(np.unique(mask)) <= {0, 255}
+    meta = json.loads((out / "predictions/metadata/1.json").read_text())
+    assert meta["source_path"] == str(pairs_dir / "1.png")
+    assert meta["width"] == 80 and meta["height"] == 80
+    assert meta["vessel_fraction"] == pytest.approx((mask > 0).mean())
+
+
+def test_predict_refuses_to_write_over_earlier_results(predicted, trained, pairs_dir):
+    _, out = predicted
+    before = (out / "predictions/outputs/1_mask.png").read_bytes()
+    result = run_cli("predict", "--model", f"runs:/{trained.run_id}/pytorch_model", "--input", pairs_dir,
+                     "--output", out, "--no-tracking")
+    assert result.exit_code == 2
+    assert "--overwrite" in result.stderr
+    assert (out / "predictions/outputs/1_mask.png").read_bytes() == before
+
+
+def test_predict_single_file_from_local_model_folder_without_tracking(trained, pairs_dir, tmp_path):
+    import mlflow
+
+    local_model = mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/pytorch_model",
+                                                      tracking_uri=trained.store, dst_path=str(tmp_path / "m"))
+    result = run_cli("predict", "--model", local_model, "--input", pairs_dir / "2.png", "--output",
+                     tmp_path / "o", "--no-tracking", "--resolution", 96)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "o/predictions/outputs/2_mask.png").is_file()
+    assert result.stdout.strip().splitlines()[-1].startswith("run_id: none")
+
+
+def test_predict_bad_model_uri_is_one_line(tmp_path, pairs_dir, trained):
+    result = run_cli("predict", "--model", "runs:/0123456789abcdef/pytorch_model", "--input", pairs_dir,
+                     "--output", tmp_path / "o", "--tracking-uri", trained.store)
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "cannot load model" in result.stderr
+
+
+def test_evaluate_logs_means_and_per_image_csv(client, trained, pairs_dir, tmp_path):
+    result = run_cli("evaluate", "--model", f"runs:/{trained.run_id}/pytorch_model", "--data", pairs_dir,
+                     "--output", tmp_path / "eval", "--tracking-uri", trained.store, "--experiment", "tests")
+    assert result.exit_code == 0, result.stderr
+    run = client.get_run(result.value("run_id"))
+    rows = list(csv.DictReader(open(client.download_artifacts(run.info.run_id, "evaluation/per_image/metrics.csv"))))
+    assert len(rows) == 6
+    for name in ("dice", "iou", "precision", "recall"):
+        values = [float(r[name]) for r in rows]
+        assert run.data.metrics[name] == pytest.approx(np.nanmean(values))
+        assert all(0.0 <= v <= 1.0 for v in values if not np.isnan(v))
+    assert run.data.tags["task"] == "evaluation"
+
+
+def test_image_metrics_on_known_masks():
+    from coroseg.evaluation.metrics import image_metrics
+
+    truth = np.zeros((10, 10), bool)
+    truth[:, :4] = True                       # 40 px
+    pred = np.zeros((10, 10), bool)
+    pred[:, 2:6] = True                       # 40 px, 20 overlap
+    m = image_metrics(pred, truth)
+    assert m["dice"] == pytest.approx(0.5)
+    assert m["iou"] == pytest.approx(20 / 60)
+    assert m["precision"] == pytest.approx(0.5)
+    assert m["recall"] == pytest.approx(0.5)
+    assert image_metrics(truth, truth)["dice"] == pytest.approx(1.0)
