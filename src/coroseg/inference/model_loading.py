@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from coroseg.errors import InputError
+from coroseg.tracking.layout import WEIGHTS_FILE
 from coroseg.tracking.redact import redact_text
 
 log = logging.getLogger("coroseg")
@@ -54,11 +55,16 @@ def load_model(uri: str, device: torch.device) -> LoadedModel:
     from mlflow.models import Model
 
     from coroseg.models import build_model
+    from coroseg.training.checkpoint import load_weights
 
     folder = _local_copy(uri)
     metadata = Model.load(str(folder)).metadata or {}
-    exported = mlflow.pytorch.load_model(str(folder))
     family = metadata.get("model_family")
+    weights = folder / "extra_files" / WEIGHTS_FILE
+    if family is not None and weights.is_file():
+        # safetensors beside the graph: seconds faster than loading the exported program
+        return LoadedModel(load_weights(weights, build_model(family)).to(device).eval(), metadata, uri)
+    exported = mlflow.pytorch.load_model(str(folder))
     if family is None:
         log.warning("%s: model has no coroseg metadata; running the exported graph on the CPU", uri)
         return LoadedModel(exported, metadata, uri)

@@ -30,7 +30,7 @@ class Tracker:
     def log_artifact(self, local_path: Path, artifact_dir: str) -> None:
         pass
 
-    def log_model(self, model: Any, input_example: Any, metadata: dict[str, Any]) -> None:
+    def log_model(self, model: Any, input_example: Any, metadata: dict[str, Any], extra_files: list[str]) -> None:
         pass
 
     def finish(self, status: str = "FINISHED") -> None:

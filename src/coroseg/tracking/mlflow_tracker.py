@@ -124,7 +124,7 @@ class MlflowTracker(Tracker):
             lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_dir),
         )
 
-    def log_model(self, model: Any, input_example: Any, metadata: dict[str, Any]) -> None:
+    def log_model(self, model: Any, input_example: Any, metadata: dict[str, Any], extra_files: list[str]) -> None:
         import mlflow.pytorch
 
         self._guard(
@@ -136,6 +136,7 @@ class MlflowTracker(Tracker):
                 input_example=input_example,
                 pip_requirements=pip_requirements(),
                 metadata=metadata,
+                extra_files=extra_files,
                 serialization_format="pt2",  # a graph, not a pickle: safe to load from anyone
             ),
         )

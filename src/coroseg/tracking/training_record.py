@@ -142,7 +142,7 @@ class TrainingRecord:
         last = result.history[-1].epoch if result.history else 0
         self.tracker.log_metrics({"best_val_dice": result.best_val_dice,
                                   "training_duration_seconds": result.training_duration_seconds}, step=last)
-        self.record.write_bytes("final_weights", layout.WEIGHTS_FILE, weights_bytes(best.state_dict()))
+        weights = self.record.write_bytes("final_weights", layout.WEIGHTS_FILE, weights_bytes(best.state_dict()))
         self.record.write_text("final_config", "config.yaml", to_yaml(self.model_config()))
         history = [asdict(h) for h in result.history]
         self.record.write_json("final_history", "history.json", history)
@@ -152,7 +152,7 @@ class TrainingRecord:
         self.record.write_text("final_summary", "model_summary.md", _model_markdown(summary, best))
         self.record.write_json("summary", "summary.json", summary)
         self.record.write_text("summary", "summary.md", _run_markdown(summary, history))
-        self.tracker.log_model(best, example, self.model_metadata())
+        self.tracker.log_model(best, example, self.model_metadata(), [str(weights)])
         self.record.write_text("log", "training.log", self.logs.text())
 
     def close(self, status: str) -> None:

@@ -15,7 +15,7 @@ from coroseg.data.dataset import load_training_data
 from coroseg.models import build_model, family
 from coroseg.tracking.base import Tracker
 from coroseg.tracking.environment import environment, resolve_device
-from coroseg.tracking.layout import MODEL_NAME
+from coroseg.tracking.layout import MODEL_NAME, WEIGHTS_FILE
 from coroseg.tracking.record import RunRecord, new_record_dir
 from coroseg.tracking.training_record import TrainingRecord
 from coroseg.training.trainer import best_model, train
@@ -48,7 +48,7 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80]
 
 
-def _save_local_model(best, example, record: TrainingRecord, folder: Path) -> None:
+def _save_local_model(best, example, record: TrainingRecord, folder: Path, weights: Path) -> None:
     """Without a tracked model, keep a loadable MLflow model in the local record instead."""
     import mlflow.pytorch
 
@@ -56,7 +56,7 @@ def _save_local_model(best, example, record: TrainingRecord, folder: Path) -> No
 
     mlflow.pytorch.save_model(best, str(folder), signature=model_signature(), input_example=example,
                               pip_requirements=pip_requirements(), metadata=record.model_metadata(),
-                              serialization_format="pt2")
+                              extra_files=[str(weights)], serialization_format="pt2")
 
 
 def run_training(config: TrainConfig) -> TrainingOutcome:
@@ -80,7 +80,8 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
         session.end(result, best, example)
         local_model = record_dir / MODEL_NAME
         if tracker.run_id is None or tracker.failed:
-            _save_local_model(best, example, session, local_model)
+            _save_local_model(best, example, session, local_model,
+                              session.record.path("final_weights", WEIGHTS_FILE))
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
