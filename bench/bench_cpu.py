@@ -6,14 +6,14 @@ local records, synthetic frames) that is removed at the end; nothing is written 
 
 What the numbers mean (family ``unet``, batch size 8, the same 300 px synthetic pairs, seed 0):
 
-- **train img/s**: training images processed per second of the training epochs only (augmentation,
-  forward, backward, optimizer step; no validation, no recording), epoch 1 left out as warm-up when
-  there are several epochs. Measured in a ``run_training`` call with tracking off.
+- **train img/s**: the ``train_images_per_second`` metric of the epochs (augmentation, forward,
+  backward, optimizer step; no validation, no recording), epoch 1 left out as warm-up when there are
+  several epochs. Measured in a ``run_training`` call with tracking off.
 - **tracking on / off**: the same ``run_training`` call made both ways in this process.
   ``epoch_duration_seconds`` is the metric the trainer records (train + validation, measured before
-  the epoch is recorded); ``epoch wall`` is the time from one epoch's start to the next (or to the end
-  of the loop), so it includes recording the epoch (metrics, overlays, curves, checkpoints);
-  ``run_training wall`` is the whole call: data loading, run start, the loop and logging the model.
+  the epoch is recorded); ``run_training wall`` is the whole call: data loading, run start, the loop
+  with the recording of every epoch (metrics, overlays, curves, checkpoints), and the model (logged to
+  MLflow when on, saved in the local record when off).
 - **predict files/s**: ``run_prediction`` on a folder of 300 px synthetic frames with a model trained
   above, tracking on and off. ``whole call`` = files / wall time of the call (model loading, run start
   and closing included); ``metric`` = the ``processing_rate_files_per_second`` the command records
@@ -29,7 +29,6 @@ imported) before any timing, so neither one-off cost is counted as tracking over
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -41,16 +40,13 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import torch
 
-import coroseg.training.run as run_module
 from coroseg.config import resolve
 from coroseg.data.synthetic import write_synthetic_set
 from coroseg.inference.model_loading import load_model
 from coroseg.inference.predict import InferenceOptions, run_prediction
-from coroseg.training import trainer
 from coroseg.training.run import run_training
 
 BATCH_SIZE = 8
@@ -59,48 +55,19 @@ FAMILY = "unet"
 
 @dataclass
 class TrainTiming:
-    """What one run_training call took, as seen from inside the loop and from outside."""
+    """One run_training call: the loop's own history and the wall time of the whole call."""
 
     image_size: int
-    tracking: bool
-    train_images: int = 0
-    epoch_starts: list[float] = field(default_factory=list)
-    train_seconds: list[float] = field(default_factory=list)    # the training part of each epoch
-    loop_end: float = 0.0
-    durations: list[float] = field(default_factory=list)        # epoch_duration_seconds of the history
+    history: list = field(default_factory=list)
     wall: float = 0.0
     model_uri: str = ""
 
     def images_per_second(self) -> float:
-        seconds = self.train_seconds[1:] or self.train_seconds  # epoch 1 is warm-up
-        return self.train_images * len(seconds) / sum(seconds)
+        rates = [e.train_images_per_second for e in self.history[1:] or self.history]  # epoch 1 is warm-up
+        return statistics.mean(rates)
 
-    def epoch_walls(self) -> list[float]:
-        ends = self.epoch_starts[1:] + [self.loop_end]
-        return [end - start for start, end in zip(self.epoch_starts, ends)]
-
-
-@contextlib.contextmanager
-def probed(timing: TrainTiming):
-    """Time each training epoch and capture the loop's result, without changing what runs."""
-    original_epoch, original_train = trainer._train_epoch, run_module.train
-
-    def timed_epoch(model, frames, *args, **kwargs):
-        timing.train_images = len(frames)
-        timing.epoch_starts.append(time.perf_counter())
-        loss = original_epoch(model, frames, *args, **kwargs)
-        timing.train_seconds.append(time.perf_counter() - timing.epoch_starts[-1])
-        return loss
-
-    def captured_train(*args, **kwargs):
-        result = original_train(*args, **kwargs)
-        timing.loop_end = time.perf_counter()
-        timing.durations = [e.epoch_duration_seconds for e in result.history]
-        return result
-
-    with mock.patch.object(trainer, "_train_epoch", timed_epoch), \
-            mock.patch.object(run_module, "train", captured_train):
-        yield timing
+    def durations(self) -> list[float]:
+        return [e.epoch_duration_seconds for e in self.history]
 
 
 def time_training(tmp: Path, data: Path, image_size: int, epochs: int, tracking: bool) -> TrainTiming:
@@ -108,12 +75,8 @@ def time_training(tmp: Path, data: Path, image_size: int, epochs: int, tracking:
                      batch_size=BATCH_SIZE, patience=epochs, device="cpu", tracking=tracking,
                      tracking_uri=store_uri(tmp), output_dir=str(tmp / "records"),
                      run_name=f"bench-{image_size}-{'on' if tracking else 'off'}")
-    with probed(TrainTiming(image_size, tracking)) as timing:
-        t0 = time.perf_counter()
-        outcome = run_training(config)
-        timing.wall = time.perf_counter() - t0
-    timing.model_uri = outcome.model_uri
-    return timing
+    outcome = run_training(config)
+    return TrainTiming(image_size, outcome.history, outcome.wall_seconds, outcome.model_uri)
 
 
 def time_prediction(tmp: Path, frames: Path, model_uri: str, tracking: bool, attempt: int) -> tuple[float, float]:
@@ -182,8 +145,7 @@ def report(args, sizes: list[TrainTiming], off: TrainTiming, on: TrainTiming, lo
                      f"{t.images_per_second():.1f}"))
     size = f"{off.image_size} px"
     rows += [
-        (f"epoch_duration_seconds, {size}, tracking off / on", versus(off.durations, on.durations)),
-        (f"epoch wall (incl. recording), {size}, off / on", versus(off.epoch_walls(), on.epoch_walls())),
+        (f"epoch_duration_seconds, {size}, tracking off / on", versus(off.durations(), on.durations())),
         (f"run_training wall, {size}, {args.epochs} epochs, off / on", versus([off.wall], [on.wall])),
         ("model loading (load_model, once)", f"{load_s:.2f} s"),
     ]
@@ -201,6 +163,7 @@ def report(args, sizes: list[TrainTiming], off: TrainTiming, on: TrainTiming, lo
 def quiet() -> None:
     """No per-epoch log lines, MLflow chatter or library warnings in the benchmark's output."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow  # noqa: F401 - MLflow sets its logger's level on import; set ours after it
 
     for name in ("coroseg", "mlflow", "alembic"):

@@ -17,6 +17,9 @@ from click.testing import CliRunner
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Sample system metrics often enough that a seconds-long test run records some.
+os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "0.5"
+os.environ["MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING"] = "1"
 
 from coroseg.cli import main  # noqa: E402
 
@@ -28,7 +31,6 @@ image_size: 64
 batch_size: 4
 val_samples: 2
 patience: 10
-system_metrics: false
 """
 
 

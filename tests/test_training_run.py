@@ -16,7 +16,8 @@ PER_EPOCH = ["logs/{e}", "config/{e}", "metrics/{e}", "summaries/{e}", "predicti
 ONCE = ["logs/training", "config/training", "summaries/training", "checkpoints/best_model/metadata",
         "checkpoints/best_model/context", "final_model/weights", "final_model/configuration",
         "final_model/training_history", "final_model/summary"]
-EPOCH_METRICS = ["train_loss", "val_loss", "val_dice", "learning_rate", "epoch_duration_seconds"]
+EPOCH_METRICS = ["train_loss", "val_loss", "val_dice", "learning_rate", "epoch_duration_seconds",
+                 "train_images_per_second"]
 
 
 def all_artifacts(client, run_id: str, path: str | None = None) -> set[str]:
@@ -57,6 +58,7 @@ def test_metric_histories_have_one_value_per_epoch_at_steps_1_to_n(client, train
         history = client.get_metric_history(trained.run_id, name)
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), name
     run = client.get_run(trained.run_id)
+    assert any(name.startswith("system/cpu_utilization") for name in run.data.metrics), "log_system_metrics"
     best = max(m.value for m in client.get_metric_history(trained.run_id, "val_dice"))
     assert run.data.metrics["best_val_dice"] == pytest.approx(best)
     assert run.data.metrics["training_duration_seconds"] > 0

@@ -10,7 +10,9 @@ from functools import wraps
 
 import click
 
+from coroseg.config import TrainConfig
 from coroseg.errors import InputError
+from coroseg.models import FAMILIES
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow logs every embedded-store start at INFO; our own progress lines say what matters.
@@ -26,6 +28,14 @@ def _setup_logging() -> None:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+_DEFAULTS = TrainConfig()
+
+
+def _default(text: str, name: str) -> str:
+    """Help text with the default taken from the config module, the one place defaults live."""
+    return f"{text}  [default: {getattr(_DEFAULTS, name)}]".strip()
 
 
 def user_errors(func):
@@ -77,24 +87,24 @@ def synth(out: str, count: int, size: int, seed: int) -> None:
 
 
 def _tracking_options(func):
-    func = click.option("--experiment", default=None, help="MLflow experiment name.  [default: coroseg]")(func)
+    func = click.option("--experiment", default=None, help=_default("MLflow experiment name.", "experiment"))(func)
     func = click.option("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).")(func)
     return func
 
 
 @main.command()
-@click.option("--data", default=None, help="'synthetic', or a folder of N.png + N_gt.png (or images/ + masks/).  [default: synthetic]")
-@click.option("--model-family", default=None, help="unet, attention_unet, basic_unet, unetpp, segresnet.  [default: unet]")
-@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Maximum epochs.  [default: 20]")
-@click.option("--image-size", default=None, type=click.IntRange(min=32), help="Frames are resized to this side.  [default: 256]")
-@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="[default: 8]")
-@click.option("--learning-rate", default=None, type=click.FloatRange(min=0, min_open=True), help="[default: 1e-3]")
-@click.option("--patience", default=None, type=click.IntRange(min=1), help="Early stop after this many epochs without a better val Dice.  [default: 10]")
-@click.option("--seed", default=None, type=int, help="[default: 0]")
-@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]), help="[default: auto]")
+@click.option("--data", default=None, help=_default("'synthetic', or a folder of N.png + N_gt.png (or images/ + masks/).", "data"))
+@click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help=_default("Maximum epochs.", "epochs"))
+@click.option("--image-size", default=None, type=click.IntRange(min=32), help=_default("Frames are resized to this side.", "image_size"))
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help=_default("", "batch_size"))
+@click.option("--learning-rate", default=None, type=click.FloatRange(min=0, min_open=True), help=_default("AdamW learning rate.", "learning_rate"))
+@click.option("--patience", default=None, type=click.IntRange(min=1), help=_default("Early stop after this many epochs without a better val Dice.", "patience"))
+@click.option("--seed", default=None, type=int, help=_default("Same seed, same split and initial weights.", "seed"))
+@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]), help=_default("", "device"))
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file of options; flags override it.")
-@click.option("--output-dir", default=None, help="Where the local record of each run is kept.  [default: coroseg_runs]")
+@click.option("--output-dir", default=None, help=_default("Where the local record of each run is kept.", "output_dir"))
 @_tracking_options
 @click.option("--run-name", default=None, help="MLflow run name.  [default: FAMILY-DATE-TIME]")
 @click.option("--no-tracking", is_flag=True, help="Record nothing in MLflow (the local record is still written).")
@@ -128,7 +138,7 @@ def predict(model_uri, input_path, output, batch_size, resolution, device, overw
     from coroseg.inference.predict import InferenceOptions, run_prediction
 
     options = InferenceOptions(model_uri, output, batch_size, resolution, device, overwrite, tracking_uri,
-                               experiment or "coroseg", not no_tracking)
+                               experiment or _DEFAULTS.experiment, not no_tracking)
     outcome = run_prediction(options, input_path)
     _print_run(outcome.run_id, [f"files_processed: {outcome.files}", f"output: {output}"])
 
@@ -149,7 +159,7 @@ def evaluate(model_uri, data, output, batch_size, resolution, device, tracking_u
     from coroseg.inference.predict import InferenceOptions
 
     options = InferenceOptions(model_uri, output, batch_size, resolution, device, False, tracking_uri,
-                               experiment or "coroseg", not no_tracking)
+                               experiment or _DEFAULTS.experiment, not no_tracking)
     outcome = run_evaluation(options, data)
     lines = [f"{k}: {v:.4f}" for k, v in outcome.means.items()] + [f"output: {outcome.output}"]
     _print_run(outcome.run_id, lines)

@@ -28,8 +28,8 @@ class TrainConfig:
     model_family: str = "unet"
     # optimisation
     epochs: int = 20
-    batch_size: int = 8
-    learning_rate: float = 1e-3
+    batch_size: int = 4
+    learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
     patience: int = 10                  # epochs without a better val Dice before stopping

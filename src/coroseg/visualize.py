@@ -62,6 +62,7 @@ def training_curves(history: Sequence[dict[str, float]]) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=90)
@@ -76,6 +77,7 @@ def training_curves(history: Sequence[dict[str, float]]) -> bytes:
     axes[2].set_title("learning rate")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from coroseg.config import TrainConfig
 from coroseg.data.imageio import probe_image
 from coroseg.data.pairs import find_pairs
 from coroseg.errors import InputError
@@ -42,7 +43,7 @@ def run_evaluation(options: InferenceOptions, data: str) -> EvaluationOutcome:
         image_size, mask_size = probe_image(pair.image), probe_image(pair.mask)
         if image_size != mask_size:
             raise InputError(f"{pair.mask}: mask size {mask_size} differs from image size {image_size}")
-    output = Path(options.output) if options.output else new_record_dir("coroseg_runs", "evaluate")
+    output = Path(options.output) if options.output else new_record_dir(TrainConfig().output_dir, "evaluate")
     check_output(output, options.overwrite)
     session = InferenceSession(options, output, layout.EVALUATION_TAGS, f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     status = "FAILED"

@@ -18,7 +18,7 @@ from coroseg.tracking.environment import environment, resolve_device
 from coroseg.tracking.layout import MODEL_NAME, WEIGHTS_FILE
 from coroseg.tracking.record import RunRecord, new_record_dir
 from coroseg.tracking.training_record import TrainingRecord
-from coroseg.training.trainer import best_model, train
+from coroseg.training.trainer import EpochResult, best_model, train
 
 log = logging.getLogger("coroseg")
 
@@ -30,6 +30,8 @@ class TrainingOutcome:
     model_uri: str
     best_val_dice: float
     tracking_failed: bool
+    history: list[EpochResult]
+    wall_seconds: float                 # the whole call: data, run start, loop, record, model
 
 
 def make_tracker(config: TrainConfig, record_dir: Path | None) -> Tracker:
@@ -60,6 +62,7 @@ def _save_local_model(best, example, record: TrainingRecord, folder: Path, weigh
 
 
 def run_training(config: TrainConfig) -> TrainingOutcome:
+    started = time.perf_counter()
     family(config.model_family)                       # unknown family: error before anything else
     device = resolve_device(config.device)
     data = load_training_data(config)                 # bad input: error before any run is created
@@ -95,4 +98,6 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
         model_uri=f"runs:/{tracker.run_id}/{MODEL_NAME}" if tracked else str(local_model),
         best_val_dice=result.best_val_dice,
         tracking_failed=tracker.failed,
+        history=result.history,
+        wall_seconds=time.perf_counter() - started,
     )

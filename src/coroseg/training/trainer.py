@@ -35,7 +35,8 @@ class EpochResult:
     val_loss: float
     val_dice: float
     learning_rate: float
-    epoch_duration_seconds: float
+    epoch_duration_seconds: float       # training and validation, not the recording of the epoch
+    train_images_per_second: float
     is_best: bool = False
 
     def metrics(self) -> dict[str, float]:
@@ -165,10 +166,10 @@ def train(
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         train_loss = _train_epoch(model, data.train, config, optimizer, schedule, augment, loss_fn, device, epoch)
+        t_train = time.perf_counter() - t0
         val_loss, val_dice, probabilities = _validate(model, data.val, config, loss_fn, device)
-        epoch_result = EpochResult(
-            epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"], time.perf_counter() - t0
-        )
+        epoch_result = EpochResult(epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"],
+                                   time.perf_counter() - t0, len(data.train) / t_train)
         epoch_result.is_best = val_dice > result.best_val_dice
         result.history.append(epoch_result)
         log.info(
