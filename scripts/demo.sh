@@ -8,8 +8,8 @@ mkdir -p "$out"
 echo "== 1/3 synthesizing 6 angiograms to predict on ($out/frames)"
 coroseg synth --out "$out/frames" --count 6 --size 300 --seed 7
 
-echo "== 2/3 training a UNet for 4 epochs on 40 synthetic frames (CPU is fine)"
-coroseg train --data synthetic --epochs 4 --image-size 128 --run-name demo-train \
+echo "== 2/3 training a UNet for 15 epochs on 80 synthetic frames of 128 px (CPU is fine)"
+coroseg train --data synthetic --epochs 15 --image-size 128 --run-name demo-train \
   --config scripts/demo.yaml | tee "$out/train.txt"
 train_id=$(awk '/^run_id:/ {print $2}' "$out/train.txt")
 model_uri=$(awk '/^model_uri:/ {print $2}' "$out/train.txt")

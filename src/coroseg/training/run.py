@@ -18,7 +18,7 @@ from coroseg.tracking.environment import environment, resolve_device
 from coroseg.tracking.layout import MODEL_NAME, WEIGHTS_FILE
 from coroseg.tracking.record import RunRecord, new_record_dir
 from coroseg.tracking.training_record import TrainingRecord
-from coroseg.training.trainer import EpochResult, best_model, train
+from coroseg.training.trainer import EpochResult, best_model, seed_everything, train
 
 log = logging.getLogger("coroseg")
 
@@ -68,6 +68,7 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
     data = load_training_data(config)                 # bad input: error before any run is created
     record_dir = new_record_dir(config.output_dir, _safe_name(config.run_name or config.model_family))
     config.run_name = config.run_name or _default_run_name(config)
+    seed_everything(config.seed)                      # the initial weights too depend on the seed
     model = build_model(config.model_family)
     tracker = make_tracker(config, record_dir)
     session = TrainingRecord(RunRecord(record_dir, tracker), config, data, environment(device), model)
