@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from coroseg.errors import InputError
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
 from coroseg.inference.predict import InferenceOptions, InferenceSession, check_output
 from coroseg.tracking import layout
-from coroseg.tracking.record import new_record_dir
+from coroseg.tracking.record import new_record_dir, to_csv
 from coroseg.tracking.training_record import markdown_table
 
 log = logging.getLogger("coroseg")
@@ -27,14 +25,6 @@ class EvaluationOutcome:
     run_id: str | None
     means: dict[str, float]
     output: Path
-
-
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def run_evaluation(options: InferenceOptions, data: str) -> EvaluationOutcome:
@@ -53,7 +43,7 @@ def run_evaluation(options: InferenceOptions, data: str) -> EvaluationOutcome:
         rows = [{"image": r.name, **image_metrics(r.mask, r.truth)} for r in results]
         means = mean_metrics(rows)
         session.tracker.log_metrics(means)
-        session.record.write_text("per_image_metrics", "metrics.csv", _csv(rows))
+        session.record.write_text("per_image_metrics", "metrics.csv", to_csv(rows))
         session.record.write_json("evaluation_summary", "summary.json", {"means": means, "images": len(rows)})
         session.record.write_text("evaluation_summary", "summary.md",
                                   "# Evaluation\n\n" + markdown_table({**means, "images": len(rows)}))

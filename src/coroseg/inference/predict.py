@@ -24,7 +24,7 @@ from coroseg.errors import InputError
 from coroseg.inference.model_loading import LoadedModel, load_model
 from coroseg.inference.predictor import Predictor
 from coroseg.tracking import layout
-from coroseg.tracking.base import Tracker
+from coroseg.tracking.base import make_tracker
 from coroseg.tracking.environment import environment, environment_params, resolve_device
 from coroseg.tracking.record import RunRecord
 from coroseg.tracking.redact import redact_uri
@@ -92,14 +92,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def make_tracker(options: InferenceOptions, output: Path) -> Tracker:
-    if not options.tracking:
-        return Tracker()
-    from coroseg.tracking.mlflow_tracker import MlflowTracker
-
-    return MlflowTracker(options.tracking_uri, options.experiment, output)
-
-
 class InferenceSession:
     """One inference run: model, predictor, output folder and tracker, shared by predict and evaluate."""
 
@@ -109,7 +101,7 @@ class InferenceSession:
         self.model: LoadedModel = load_model(options.model_uri, self.device)
         self.predictor = Predictor(self.model, options.resolution, options.batch_size)
         output.mkdir(parents=True, exist_ok=True)
-        self.tracker = make_tracker(options, output)
+        self.tracker = make_tracker(options.tracking, options.tracking_uri, options.experiment, output)
         self.record = RunRecord(output, self.tracker)
         self.env = environment(self.device)
         self.tracker.start(run_name, tags)

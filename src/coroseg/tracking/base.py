@@ -35,3 +35,13 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         pass
+
+
+def make_tracker(enabled: bool, tracking_uri: str | None, experiment: str, record_dir: Path,
+                 system_metrics: bool = False) -> Tracker:
+    """MLflow when tracking is on, else the tracker that records nothing."""
+    if not enabled:
+        return Tracker()
+    from coroseg.tracking.mlflow_tracker import MlflowTracker  # imported where used: MLflow is slow to import
+
+    return MlflowTracker(tracking_uri, experiment, record_dir, system_metrics)

@@ -5,6 +5,8 @@ The local folder is what survives when tracking fails, and what `--no-tracking` 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -31,6 +33,16 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def to_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str) + "\n"
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """Rows of equal keys as CSV text, header first."""
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
 
 
 def new_record_dir(base: str | Path, run_name: str) -> Path:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from dataclasses import asdict
@@ -19,7 +17,7 @@ from coroseg.training.checkpoint import sha256, weights_bytes
 from coroseg.training.trainer import EpochResult, Preview, TrainResult
 from coroseg.tracking import layout
 from coroseg.tracking.environment import environment_params
-from coroseg.tracking.record import RunRecord
+from coroseg.tracking.record import RunRecord, to_csv
 from coroseg.tracking.redact import redact_uri
 from coroseg.visualize import comparison, png_bytes, training_curves
 
@@ -146,17 +144,18 @@ class TrainingRecord:
         self.record.write_text("final_config", "config.yaml", to_yaml(self.model_config()))
         history = [asdict(h) for h in result.history]
         self.record.write_json("final_history", "history.json", history)
-        self.record.write_text("final_history", "history.csv", _csv(history))
+        self.record.write_text("final_history", "history.csv", to_csv(history))
         summary = self.summary(result)
         self.record.write_json("final_summary", "model_summary.json", {**summary, "architecture": repr(best.network)})
         self.record.write_text("final_summary", "model_summary.md", _model_markdown(summary, best))
         self.record.write_json("summary", "summary.json", summary)
         self.record.write_text("summary", "summary.md", _run_markdown(summary, history))
         self.tracker.log_model(best, example, self.model_metadata(), [str(weights)])
-        self.record.write_text("log", "training.log", self.logs.text())
 
     def close(self, status: str) -> None:
+        """The whole log is kept whatever happened, a crash included."""
         logging.getLogger("coroseg").removeHandler(self.logs)
+        self.record.write_text("log", "training.log", self.logs.text())
         self.tracker.finish(status)
 
     def model_metadata(self) -> dict[str, Any]:
@@ -211,15 +210,6 @@ def _optimizer_summary(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         "state_tensors": len(optimizer.state),
         "steps": max(steps, default=0),
     }
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()
 
 
 def _model_markdown(summary: dict[str, Any], model: SegmentationModel) -> str:

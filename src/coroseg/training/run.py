@@ -13,7 +13,7 @@ import torch
 from coroseg.config import TrainConfig
 from coroseg.data.dataset import load_training_data
 from coroseg.models import build_model, family
-from coroseg.tracking.base import Tracker
+from coroseg.tracking.base import make_tracker
 from coroseg.tracking.environment import environment, resolve_device
 from coroseg.tracking.layout import MODEL_NAME, WEIGHTS_FILE
 from coroseg.tracking.record import RunRecord, new_record_dir
@@ -32,14 +32,6 @@ class TrainingOutcome:
     tracking_failed: bool
     history: list[EpochResult]
     wall_seconds: float                 # the whole call: data, run start, loop, record, model
-
-
-def make_tracker(config: TrainConfig, record_dir: Path | None) -> Tracker:
-    if not config.tracking:
-        return Tracker()
-    from coroseg.tracking.mlflow_tracker import MlflowTracker
-
-    return MlflowTracker(config.tracking_uri, config.experiment, record_dir, config.system_metrics)
 
 
 def _default_run_name(config: TrainConfig) -> str:
@@ -70,7 +62,7 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
     config.run_name = config.run_name or _default_run_name(config)
     seed_everything(config.seed)                      # the initial weights too depend on the seed
     model = build_model(config.model_family)
-    tracker = make_tracker(config, record_dir)
+    tracker = make_tracker(config.tracking, config.tracking_uri, config.experiment, record_dir, config.system_metrics)
     session = TrainingRecord(RunRecord(record_dir, tracker), config, data, environment(device), model)
     status = "FAILED"
     try:
