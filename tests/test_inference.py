@@ -92,7 +92,7 @@ def test_predict_single_file_from_local_model_folder_without_tracking(trained, p
                      tmp_path / "o", "--no-tracking", "--resolution", 96)
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "o/predictions/outputs/2_mask.png").is_file()
-    assert result.stdout.strip().splitlines()[-1].startswith("run_id: none")
+    assert result.stdout.strip().splitlines()[-1] == "run_id: none (not tracked)"
 
 
 def test_predict_bad_model_uri_is_one_line(tmp_path, pairs_dir, trained):
@@ -129,3 +129,14 @@ def test_image_metrics_on_known_masks():
     assert m["precision"] == pytest.approx(0.5)
     assert m["recall"] == pytest.approx(0.5)
     assert image_metrics(truth, truth)["dice"] == pytest.approx(1.0)
+
+
+def test_predict_from_the_model_registry(trained, pairs_dir, tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(trained.store)
+    version = mlflow.register_model(f"runs:/{trained.run_id}/pytorch_model", "coroseg-test-model")
+    result = run_cli("predict", "--model", f"models:/coroseg-test-model/{version.version}", "--input",
+                     pairs_dir / "1.png", "--output", tmp_path / "o", "--tracking-uri", trained.store)
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "o/predictions/outputs/1_mask.png").is_file()

@@ -48,3 +48,31 @@ def test_ui_serves_the_local_store_on_loopback_and_stops_on_sigterm(tmp_path):
         raise AssertionError("the MLflow server outlived `coroseg ui`")
     except OSError:
         pass
+
+
+def test_server_dying_mid_run_does_not_stop_training(small_config, tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 's.db'}", "--artifacts-destination", str(tmp_path / "a")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        train = subprocess.Popen(
+            [sys.executable, "-m", "coroseg", "train", "--config", str(small_config), "--epochs", "6",
+             "--tracking-uri", f"http://127.0.0.1:{port}"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in train.stderr:                      # kill the server once epoch 2 is done
+            if line.startswith("epoch 2/6"):
+                stop(server)
+                break
+        rest = train.stderr.read()
+        stdout = train.stdout.read()
+        assert train.wait(timeout=300) == 0, rest
+    finally:
+        stop(server)
+    assert rest.count("tracking failed") == 1, rest
+    record = tmp_path / next(l.split(": ", 1)[1] for l in stdout.splitlines() if l.startswith("local_record: "))
+    assert (record / "metrics/epoch_006/metrics.json").is_file()
+    assert (record / "pytorch_model/MLmodel").is_file()        # the model was kept locally instead
+    assert stdout.strip().splitlines()[-1].startswith("run_id: none (tracking failed; MLflow holds an incomplete run ")

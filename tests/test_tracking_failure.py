@@ -35,7 +35,7 @@ def test_training_completes_and_keeps_a_local_record(uri, tmp_path, small_config
     for path in record.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".yaml", ".md", ".log"):
             assert SECRET not in path.read_text(), path
-    assert result.stdout.strip().splitlines()[-1].startswith("run_id: none")
+    assert result.stdout.strip().splitlines()[-1] == "run_id: none (tracking failed)"
 
 
 def test_local_model_of_a_failed_tracking_run_is_usable(tmp_path, small_config, pairs_dir):

@@ -52,10 +52,15 @@ def user_errors(func):
     return wrapper
 
 
-def _print_run(run_id: str | None, lines: list[str]) -> None:
+def _print_run(run_id: str | None, tracking_failed: bool, lines: list[str]) -> None:
+    """The outcome lines, then `run_id: ...` last; `none` when there is no complete MLflow run to open."""
     for line in lines:
         click.echo(line)
-    click.echo(f"run_id: {run_id if run_id else 'none (not tracked)'}")
+    if tracking_failed:
+        partial = f"; MLflow holds an incomplete run {run_id}" if run_id else ""
+        click.echo(f"run_id: none (tracking failed{partial})")
+    else:
+        click.echo(f"run_id: {run_id or 'none (not tracked)'}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -118,7 +123,7 @@ def train(config_file, no_tracking, **flags) -> None:
     outcome = run_training(config)
     lines = [f"best_val_dice: {outcome.best_val_dice:.4f}", f"local_record: {outcome.record_dir}",
              f"model_uri: {outcome.model_uri}"]
-    _print_run(outcome.run_id if not outcome.tracking_failed else None, lines)
+    _print_run(outcome.run_id, outcome.tracking_failed, lines)
 
 
 @main.command()
@@ -140,7 +145,7 @@ def predict(model_uri, input_path, output, batch_size, resolution, device, overw
     options = InferenceOptions(model_uri, output, batch_size, resolution, device, overwrite, tracking_uri,
                                experiment or _DEFAULTS.experiment, not no_tracking)
     outcome = run_prediction(options, input_path)
-    _print_run(outcome.run_id, [f"files_processed: {outcome.files}", f"output: {output}"])
+    _print_run(outcome.run_id, outcome.tracking_failed, [f"files_processed: {outcome.files}", f"output: {output}"])
 
 
 @main.command()
@@ -162,7 +167,7 @@ def evaluate(model_uri, data, output, batch_size, resolution, device, tracking_u
                                experiment or _DEFAULTS.experiment, not no_tracking)
     outcome = run_evaluation(options, data)
     lines = [f"{k}: {v:.4f}" for k, v in outcome.means.items()] + [f"output: {outcome.output}"]
-    _print_run(outcome.run_id, lines)
+    _print_run(outcome.run_id, outcome.tracking_failed, lines)
 
 
 @main.command()

@@ -23,6 +23,7 @@ log = logging.getLogger("coroseg")
 @dataclass
 class EvaluationOutcome:
     run_id: str | None
+    tracking_failed: bool
     means: dict[str, float]
     output: Path
 
@@ -52,4 +53,4 @@ def run_evaluation(options: InferenceOptions, data: str) -> EvaluationOutcome:
     finally:
         session.close(status)
     log.info("evaluated %d images: %s", len(rows), "  ".join(f"{k} {v:.4f}" for k, v in means.items()))
-    return EvaluationOutcome(session.tracker.run_id if not session.tracker.failed else None, means, output)
+    return EvaluationOutcome(session.tracker.run_id, session.tracker.failed, means, output)

@@ -61,6 +61,7 @@ class FileResult:
 @dataclass
 class InferenceOutcome:
     run_id: str | None
+    tracking_failed: bool
     files: int
     output: Path
     results: list[FileResult]
@@ -214,5 +215,4 @@ def run_prediction(options: InferenceOptions, input_path: str) -> InferenceOutco
     finally:
         session.close(status)
     log.info("predicted %d files into %s", len(results), output)
-    return InferenceOutcome(session.tracker.run_id if not session.tracker.failed else None, len(results), output,
-                            results)
+    return InferenceOutcome(session.tracker.run_id, session.tracker.failed, len(results), output, results)
