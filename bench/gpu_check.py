@@ -17,8 +17,8 @@ import torch
 from coroseg.config import TrainConfig
 from coroseg.data.augment import BatchAugmentation
 from coroseg.data.dataset import load_training_data
-from coroseg.data.imageio import read_gray, read_mask
-from coroseg.data.pairs import find_pairs
+from coroseg.data.imageio import read_gray
+from coroseg.data.pairs import find_pairs, load_mask
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
 from coroseg.inference.model_loading import LoadedModel
 from coroseg.inference.predictor import Predictor
@@ -57,7 +57,7 @@ def augmentation_rate(device: torch.device, size: int, batch: int, repeats: int)
 def real_dice(model, device, data_dir: Path, image_size: int) -> tuple[dict[str, float], float]:
     pairs = find_pairs(data_dir)
     frames = [read_gray(p.image) for p in pairs]
-    truths = [read_mask(p.mask) for p in pairs]
+    truths = [load_mask(p.mask) for p in pairs]
     predictor = Predictor(LoadedModel(model.to(device).eval(), {"image_size": image_size}, "in-memory"), batch_size=8)
     predictor.probabilities(frames[:8])                     # warm-up
     sync(device)

@@ -12,6 +12,7 @@ import click
 
 from coroseg.config import TrainConfig
 from coroseg.errors import InputError
+from coroseg.data.pairs import FORMATS
 from coroseg.models import FAMILIES
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -100,6 +101,7 @@ def _tracking_options(func):
 
 @main.command()
 @click.option("--data", default=None, help=_default("'synthetic', or a folder of N.png + N_gt.png (or images/ + masks/).", "data"))
+@click.option("--data-format", default=None, type=click.Choice(FORMATS), help=_default("Layout of the --data folder.", "data_format"))
 @click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help=_default("Maximum epochs.", "epochs"))
 @click.option("--image-size", default=None, type=click.IntRange(min=32), help=_default("Frames are resized to this side.", "image_size"))
@@ -126,6 +128,23 @@ def train(config_file, no_tracking, **flags) -> None:
     _print_run(outcome.run_id, outcome.tracking_failed, lines)
 
 
+_FORMAT_HELP = "Layout of the data folder; auto detects it and says what it found."
+
+
+@main.command("check-data")
+@click.argument("folder", type=click.Path())
+@click.option("--data-format", default="auto", show_default=True, type=click.Choice(FORMATS), help=_FORMAT_HELP)
+@user_errors
+def check_data_command(folder: str, data_format: str) -> None:
+    """Count pairs, sizes and vessel fraction of a data folder and list every problem (exit 1 if any)."""
+    from coroseg.data.check import check_data
+
+    report = check_data(folder, data_format)
+    for line in report.lines():
+        click.echo(line)
+    sys.exit(1 if report.problems else 0)
+
+
 @main.command()
 @click.option("--model", "model_uri", required=True, help="runs:/<run_id>/pytorch_model, models:/<name>/<version>, or a local MLflow model folder.")
 @click.option("--input", "input_path", required=True, type=click.Path(), help="An image file or a folder of images (*_gt masks beside them are not inputs).")
@@ -150,7 +169,8 @@ def predict(model_uri, input_path, output, batch_size, resolution, device, overw
 
 @main.command()
 @click.option("--model", "model_uri", required=True, help="runs:/<run_id>/pytorch_model, models:/<name>/<version>, or a local MLflow model folder.")
-@click.option("--data", required=True, type=click.Path(), help="Folder of N.png + N_gt.png (or images/ + masks/).")
+@click.option("--data", required=True, type=click.Path(), help="Folder of N.png + N_gt.png (or images/ + masks/, DCA1, ARCADE).")
+@click.option("--data-format", default="auto", show_default=True, type=click.Choice(FORMATS), help=_FORMAT_HELP)
 @click.option("--output", default=None, type=click.Path(file_okay=False), help="Folder for predictions and per-image metrics.  [default: coroseg_runs/DATE-evaluate]")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--resolution", default=None, type=click.IntRange(min=16), help="[default: the model's training size]")
@@ -158,14 +178,14 @@ def predict(model_uri, input_path, output, batch_size, resolution, device, overw
 @_tracking_options
 @click.option("--no-tracking", is_flag=True, help="Write the outputs only; record no MLflow run.")
 @user_errors
-def evaluate(model_uri, data, output, batch_size, resolution, device, tracking_uri, experiment, no_tracking) -> None:
+def evaluate(model_uri, data, data_format, output, batch_size, resolution, device, tracking_uri, experiment, no_tracking) -> None:
     """Predict on labelled frames and record Dice, IoU, precision and recall per image and on average."""
     from coroseg.evaluation.evaluate import run_evaluation
     from coroseg.inference.predict import InferenceOptions
 
     options = InferenceOptions(model_uri, output, batch_size, resolution, device, False, tracking_uri,
                                experiment or _DEFAULTS.experiment, not no_tracking)
-    outcome = run_evaluation(options, data)
+    outcome = run_evaluation(options, data, data_format)
     lines = [f"{k}: {v:.4f}" for k, v in outcome.means.items()] + [f"output: {outcome.output}"]
     _print_run(outcome.run_id, outcome.tracking_failed, lines)
 

@@ -19,6 +19,7 @@ from coroseg.errors import InputError
 class TrainConfig:
     # data
     data: str = "synthetic"             # "synthetic" or a folder of image/mask pairs
+    data_format: str = "auto"           # auto | pairs | dca1 | images-masks | arcade (data/pairs.py)
     synthetic_count: int = 48           # frames generated when data == "synthetic"
     synthetic_size: int = 300           # side of generated frames, like the CIMAT frames
     val_fraction: float = 0.2
@@ -48,7 +49,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_CHOICES = {"device": ("auto", "cpu", "cuda")}
+_CHOICES = {"device": ("auto", "cpu", "cuda"), "data_format": ("auto", "pairs", "dca1", "images-masks", "arcade")}
 _POSITIVE = ("synthetic_count", "synthetic_size", "image_size", "epochs", "batch_size", "patience")
 
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from coroseg.config import TrainConfig
-from coroseg.data.imageio import read_gray, read_mask
-from coroseg.data.pairs import find_pairs
+from coroseg.data.imageio import read_gray
+from coroseg.data.pairs import announce, checked_scan, load_mask
 from coroseg.errors import InputError
 
 
@@ -55,15 +55,17 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (resize_image(mask.float(), size) > 0.5).float()
 
 
-def _read_folder(folder: str) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+def _read_folder(folder: str, data_format: str) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     images, masks, names = [], [], []
-    for pair in find_pairs(folder):
-        image, mask = read_gray(pair.image), read_mask(pair.mask)
+    scan = checked_scan(folder, data_format)
+    for pair in scan.pairs:
+        image, mask = read_gray(pair.image), load_mask(pair.mask)
         if image.shape != mask.shape:
             raise InputError(f"{pair.mask}: mask size {mask.shape[::-1]} differs from image size {image.shape[::-1]}")
         images.append(image)
         masks.append(mask)
         names.append(pair.image.name)
+    announce(scan)
     return images, masks, names
 
 
@@ -105,7 +107,7 @@ def load_training_data(config: TrainConfig) -> TrainingData:
         images, masks, names = _synthesize(config.synthetic_count, config.synthetic_size, config.seed)
         source = f"synthetic(count={config.synthetic_count}, size={config.synthetic_size}, seed={config.seed})"
     else:
-        images, masks, names = _read_folder(config.data)
+        images, masks, names = _read_folder(config.data, config.data_format)
         source = str(Path(config.data).resolve())
     if len(names) < 2:
         raise InputError(f"{config.data}: need at least 2 image/mask pairs to train and validate, found {len(names)}")

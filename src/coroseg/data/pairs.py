@@ -1,21 +1,81 @@
-"""Finding image/mask pairs in a folder: `N.png` + `N_gt.png`, or `images/` + `masks/` with matching names."""
+"""Finding image/mask pairs in a folder, in any of the layouts users arrive with.
+
+- `pairs`        `N.png` + `N_gt.png` side by side (CIMAT; any supported image type)
+- `dca1`         `N.pgm` + `N_gt.pgm` side by side (DCA1)
+- `images-masks` `images/` + `masks/` with matching names
+- `arcade`       `images/` + a COCO JSON of vessel-segment polygons (ARCADE), drawn into one mask
+
+A scan collects every problem it meets, so `check-data` can list them all; training and evaluation
+stop at the first one.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
-from coroseg.data.imageio import is_image_file
+import numpy as np
+
+from coroseg.data.imageio import is_image_file, probe_image, read_mask
 from coroseg.errors import InputError
 
+log = logging.getLogger("coroseg")
+
 MASK_SUFFIX = "_gt"
+FORMATS = ("auto", "pairs", "dca1", "images-masks", "arcade")
+
+
+@dataclass(frozen=True)
+class PolygonMask:
+    """A mask given as polygons (x1, y1, x2, y2, ...) in a COCO file rather than as an image."""
+
+    source: Path
+    file_name: str
+    width: int
+    height: int
+    polygons: tuple[tuple[float, ...], ...]
+
+    def __str__(self) -> str:
+        return f"{self.source}#{self.file_name}"
+
+    def read(self) -> np.ndarray:
+        from skimage.draw import polygon
+
+        mask = np.zeros((self.height, self.width), dtype=bool)
+        for flat in self.polygons:
+            xs, ys = np.asarray(flat[0::2]), np.asarray(flat[1::2])
+            rows, cols = polygon(ys, xs, shape=mask.shape)
+            mask[rows, cols] = True
+        return mask
+
+
+MaskSource = Union[Path, PolygonMask]
 
 
 @dataclass(frozen=True)
 class Pair:
     image: Path
-    mask: Path
+    mask: MaskSource
+
+
+def load_mask(source: MaskSource) -> np.ndarray:
+    return source.read() if isinstance(source, PolygonMask) else read_mask(source)
+
+
+def mask_size(source: MaskSource) -> tuple[int, int]:
+    """(width, height) without decoding the mask."""
+    return (source.width, source.height) if isinstance(source, PolygonMask) else probe_image(source)
+
+
+@dataclass
+class Scan:
+    folder: Path
+    format: str
+    pairs: list[Pair] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)   # "path: problem", one per line
 
 
 def natural_key(path: Path) -> list:
@@ -23,54 +83,103 @@ def natural_key(path: Path) -> list:
     return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", path.name)]
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=natural_key)
+def _images_in(folder: Path, suffixes: tuple[str, ...] | None = None) -> list[Path]:
+    files = (p for p in folder.iterdir() if is_image_file(p))
+    return sorted((p for p in files if suffixes is None or p.suffix.lower() in suffixes), key=natural_key)
 
 
 def is_mask_name(path: Path) -> bool:
     return path.stem.endswith(MASK_SUFFIX)
 
 
-def _pairs_side_by_side(folder: Path) -> list[Pair]:
-    files = _images_in(folder)
-    masks = {p.stem[: -len(MASK_SUFFIX)]: p for p in files if is_mask_name(p)}
-    images = [p for p in files if not is_mask_name(p)]
-    pairs = []
+def _match(scan: Scan, images: list[Path], masks: dict[str, Path], where: str) -> None:
     for image in images:
         mask = masks.pop(image.stem, None)
         if mask is None:
-            raise InputError(f"{image}: image without mask (expected {image.stem}{MASK_SUFFIX}{image.suffix})")
-        pairs.append(Pair(image, mask))
-    if masks:
-        orphan = next(iter(masks.values()))
-        raise InputError(f"{orphan}: mask without image")
-    return pairs
+            scan.problems.append(f"{image}: image without mask{where}")
+        else:
+            scan.pairs.append(Pair(image, mask))
+    scan.problems += [f"{mask}: mask without image" for mask in masks.values()]
 
 
-def _pairs_in_subfolders(folder: Path) -> list[Pair]:
-    masks = {p.stem.removesuffix(MASK_SUFFIX): p for p in _images_in(folder / "masks")}
-    pairs = []
-    for image in _images_in(folder / "images"):
-        mask = masks.pop(image.stem, None)
-        if mask is None:
-            raise InputError(f"{image}: image without mask in {folder / 'masks'}")
-        pairs.append(Pair(image, mask))
-    if masks:
-        raise InputError(f"{next(iter(masks.values()))}: mask without image in {folder / 'images'}")
-    return pairs
+def _scan_side_by_side(scan: Scan, suffixes: tuple[str, ...] | None) -> None:
+    files = _images_in(scan.folder, suffixes)
+    masks = {p.stem[: -len(MASK_SUFFIX)]: p for p in files if is_mask_name(p)}
+    images = [p for p in files if not is_mask_name(p)]
+    _match(scan, images, masks, f" (expected NAME{MASK_SUFFIX} beside it)")
 
 
-def find_pairs(folder: str | Path) -> list[Pair]:
+def _scan_subfolders(scan: Scan) -> None:
+    masks = {p.stem.removesuffix(MASK_SUFFIX): p for p in _images_in(scan.folder / "masks")}
+    _match(scan, _images_in(scan.folder / "images"), masks, f" in {scan.folder / 'masks'}")
+
+
+def _coco_file(folder: Path) -> Path | None:
+    candidates = sorted(folder.glob("*.json")) + sorted((folder / "annotations").glob("*.json"))
+    return candidates[0] if candidates else None
+
+
+def _scan_arcade(scan: Scan) -> None:
+    from coroseg.data.coco import read_coco_masks
+
+    coco = _coco_file(scan.folder)
+    if coco is None:
+        scan.problems.append(f"{scan.folder}: no COCO annotation file (*.json or annotations/*.json)")
+        return
+    image_dir = scan.folder / "images" if (scan.folder / "images").is_dir() else scan.folder
+    for name, mask in read_coco_masks(coco).items():
+        image = image_dir / name
+        if image.is_file():
+            scan.pairs.append(Pair(image, mask))
+        else:
+            scan.problems.append(f"{image}: listed in {coco} but missing")
+
+
+def detect_format(folder: Path) -> str:
+    if (folder / "images").is_dir() and (folder / "masks").is_dir():
+        return "images-masks"
+    if _coco_file(folder) is not None:
+        return "arcade"
+    files = _images_in(folder)
+    if files and all(p.suffix.lower() == ".pgm" for p in files):
+        return "dca1"
+    return "pairs"
+
+
+def scan_folder(folder: str | Path, data_format: str = "auto") -> Scan:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
-    if (folder / "images").is_dir() and (folder / "masks").is_dir():
-        pairs = _pairs_in_subfolders(folder)
+    if data_format not in FORMATS:
+        raise InputError(f"--data-format {data_format!r}: must be one of {', '.join(FORMATS)}")
+    scan = Scan(folder, detect_format(folder) if data_format == "auto" else data_format)
+    if scan.format == "images-masks":
+        _scan_subfolders(scan)
+    elif scan.format == "arcade":
+        _scan_arcade(scan)
     else:
-        pairs = _pairs_side_by_side(folder)
-    if not pairs:
-        raise InputError(f"{folder}: no image/mask pairs found (expected N.png + N_gt.png, or images/ + masks/)")
-    return pairs
+        _scan_side_by_side(scan, (".pgm",) if scan.format == "dca1" else None)
+    return scan
+
+
+def checked_scan(folder: str | Path, data_format: str = "auto") -> Scan:
+    """The scan of a folder; the first problem found is an error."""
+    scan = scan_folder(folder, data_format)
+    if scan.problems:
+        raise InputError(scan.problems[0])
+    if not scan.pairs:
+        raise InputError(f"{scan.folder}: no image/mask pairs found (expected N.png + N_gt.png, images/ + masks/, "
+                         "DCA1 N.pgm + N_gt.pgm, or ARCADE images/ + COCO JSON)")
+    return scan
+
+
+def find_pairs(folder: str | Path, data_format: str = "auto") -> list[Pair]:
+    return checked_scan(folder, data_format).pairs
+
+
+def announce(scan: Scan) -> None:
+    """Say which layout was read, once the folder is known to be good (an error stays one line)."""
+    log.info("%s: %s layout, %d pairs", scan.folder, scan.format, len(scan.pairs))
 
 
 def find_inputs(path: str | Path) -> list[Path]:
@@ -82,7 +191,7 @@ def find_inputs(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise InputError(f"{path}: no such file or folder")
-    folder = path / "images" if (path / "images").is_dir() and (path / "masks").is_dir() else path
+    folder = path / "images" if (path / "images").is_dir() else path
     inputs = [p for p in _images_in(folder) if not is_mask_name(p)]
     if not inputs:
         raise InputError(f"{path}: no images found")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from coroseg.config import TrainConfig
 from coroseg.data.imageio import probe_image
-from coroseg.data.pairs import find_pairs
+from coroseg.data.pairs import announce, checked_scan, mask_size
 from coroseg.errors import InputError
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
 from coroseg.inference.predict import InferenceOptions, InferenceSession, check_output
@@ -28,12 +28,14 @@ class EvaluationOutcome:
     output: Path
 
 
-def run_evaluation(options: InferenceOptions, data: str) -> EvaluationOutcome:
-    pairs = find_pairs(data)                                   # bad input: error before the run
+def run_evaluation(options: InferenceOptions, data: str, data_format: str = "auto") -> EvaluationOutcome:
+    scan = checked_scan(data, data_format)                    # bad input: error before the run
+    pairs = scan.pairs
     for pair in pairs:
-        image_size, mask_size = probe_image(pair.image), probe_image(pair.mask)
-        if image_size != mask_size:
-            raise InputError(f"{pair.mask}: mask size {mask_size} differs from image size {image_size}")
+        image_size, size_of_mask = probe_image(pair.image), mask_size(pair.mask)
+        if image_size != size_of_mask:
+            raise InputError(f"{pair.mask}: mask size {size_of_mask} differs from image size {image_size}")
+    announce(scan)
     output = Path(options.output) if options.output else new_record_dir(TrainConfig().output_dir, "evaluate")
     check_output(output, options.overwrite)
     session = InferenceSession(options, output, layout.EVALUATION_TAGS, f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from coroseg.data.imageio import encode_png, probe_image, read_gray, read_mask
-from coroseg.data.pairs import find_inputs, ground_truth_for
+from coroseg.data.imageio import encode_png, probe_image, read_gray
+from coroseg.data.pairs import MaskSource, find_inputs, ground_truth_for, load_mask
 from coroseg.errors import InputError
 from coroseg.inference.model_loading import LoadedModel, load_model
 from coroseg.inference.predictor import Predictor
@@ -122,7 +122,7 @@ class InferenceSession:
             **environment_params(self.env),
         })
 
-    def run(self, inputs: list[Path], truths: list[Path | None]) -> list[FileResult]:
+    def run(self, inputs: list[Path], truths: list[MaskSource | None]) -> list[FileResult]:
         names, results = unique_names(inputs), []
         progress = tqdm(total=len(inputs), desc="predict", unit="file", file=sys.stderr,
                         disable=not sys.stderr.isatty())
@@ -133,9 +133,9 @@ class InferenceSession:
         progress.close()
         return results
 
-    def _batch(self, paths: list[Path], names: list[str], truths: list[Path | None]) -> list[FileResult]:
+    def _batch(self, paths: list[Path], names: list[str], truths: list[MaskSource | None]) -> list[FileResult]:
         frames = [read_gray(p) for p in paths]
-        masks = [read_mask(t) if t is not None else None for t in truths]
+        masks = [load_mask(t) if t is not None else None for t in truths]
         t0 = time.perf_counter()
         probabilities = self.predictor.probabilities(frames)
         per_file = (time.perf_counter() - t0) / len(paths)

@@ -1,0 +1,70 @@
+"""`coroseg check-data`: what a data folder holds, and every problem in it, before anyone trains on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from coroseg.data.imageio import MASK_THRESHOLD, read_gray
+from coroseg.data.pairs import PolygonMask, scan_folder
+from coroseg.errors import InputError
+
+
+@dataclass
+class DataReport:
+    folder: Path
+    format: str
+    pairs: int = 0
+    sizes: dict[tuple[int, int], int] = field(default_factory=dict)   # (width, height) -> count
+    vessel_fractions: list[float] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(self.sizes.items()))
+        fractions = np.asarray(self.vessel_fractions) if self.vessel_fractions else np.zeros(1)
+        return [
+            f"folder: {self.folder}",
+            f"format: {self.format}",
+            f"pairs: {self.pairs}",
+            f"sizes: {sizes or '-'}",
+            f"vessel fraction: mean {fractions.mean():.4f}, min {fractions.min():.4f}, max {fractions.max():.4f}",
+            f"problems: {len(self.problems)}",
+            *(f"  {p}" for p in self.problems),
+        ]
+
+
+def _mask_values(source) -> tuple[np.ndarray, bool]:
+    """The binary mask, and whether the file was binary already (0/255, allowing few anti-aliased pixels)."""
+    if isinstance(source, PolygonMask):
+        return source.read(), True
+    values = read_gray(source) * 255.0
+    grey = np.count_nonzero((values > 0.5) & (values < 254.5))
+    return values > MASK_THRESHOLD, grey <= 0.01 * values.size
+
+
+def check_data(folder: str | Path, data_format: str = "auto") -> DataReport:
+    scan = scan_folder(folder, data_format)
+    report = DataReport(scan.folder, scan.format, problems=list(scan.problems))
+    for pair in scan.pairs:
+        try:
+            image = read_gray(pair.image)
+            mask, binary = _mask_values(pair.mask)
+        except InputError as exc:
+            report.problems.append(str(exc))
+            continue
+        report.pairs += 1
+        size = (image.shape[1], image.shape[0])
+        report.sizes[size] = report.sizes.get(size, 0) + 1
+        if mask.shape != image.shape:
+            report.problems.append(f"{pair.mask}: mask size {mask.shape[::-1]} differs from image size {size}")
+            continue
+        report.vessel_fractions.append(float(mask.mean()))
+        if not mask.any():
+            report.problems.append(f"{pair.mask}: empty mask (no vessel pixel)")
+        if not binary:
+            report.problems.append(f"{pair.mask}: not a binary mask (more than 1% of pixels are neither 0 nor 255)")
+    if not scan.pairs and not scan.problems:
+        report.problems.append(f"{scan.folder}: no image/mask pairs found")
+    return report
