@@ -55,3 +55,20 @@ def test_redaction():
     assert redact_uri("http://bob:pw@host:5000/x?token=abc&a=1") == "http://host:5000/x?token=***&a=1"
     assert redact_uri("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
     assert "pw" not in redact_text("failed: https://bob:pw@host/api")
+
+
+@pytest.mark.parametrize("name", ["dice_ce", "dice_cldice", "focal"])
+def test_every_loss_is_finite_and_lower_for_a_better_prediction(name):
+    from coroseg.training.losses import build_loss
+
+    loss = build_loss(name)
+    truth = torch.zeros(2, 1, 32, 32)
+    truth[:, :, :, 10:14] = 1
+    good = (truth * 2 - 1) * 6          # confident and right
+    bad = -good                         # confident and wrong
+    assert torch.isfinite(loss(good, truth)) and float(loss(good, truth)) < float(loss(bad, truth))
+
+
+def test_unknown_loss_is_an_input_error():
+    with pytest.raises(InputError, match="loss must be one of dice_ce, dice_cldice, focal"):
+        resolve(None, loss="hinge")

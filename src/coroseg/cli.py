@@ -14,6 +14,7 @@ from coroseg.config import TrainConfig
 from coroseg.errors import InputError
 from coroseg.data.pairs import FORMATS
 from coroseg.models import FAMILIES
+from coroseg.training.losses import LOSSES
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # MLflow logs every embedded-store start at INFO; our own progress lines say what matters.
@@ -103,6 +104,7 @@ def _tracking_options(func):
 @click.option("--data", default=None, help=_default("'synthetic', or a folder of N.png + N_gt.png (or images/ + masks/).", "data"))
 @click.option("--data-format", default=None, type=click.Choice(FORMATS), help=_default("Layout of the --data folder.", "data_format"))
 @click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
+@click.option("--loss", default=None, type=click.Choice(list(LOSSES)), help=_default("Training loss.", "loss"))
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help=_default("Maximum epochs.", "epochs"))
 @click.option("--image-size", default=None, type=click.IntRange(min=32), help=_default("Frames are resized to this side.", "image_size"))
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help=_default("", "batch_size"))

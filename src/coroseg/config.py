@@ -12,14 +12,16 @@ from typing import Any
 
 import yaml
 
+from coroseg.data.pairs import FORMATS
 from coroseg.errors import InputError
+from coroseg.training.losses import LOSSES
 
 
 @dataclass
 class TrainConfig:
     # data
     data: str = "synthetic"             # "synthetic" or a folder of image/mask pairs
-    data_format: str = "auto"           # auto | pairs | dca1 | images-masks | arcade (data/pairs.py)
+    data_format: str = "auto"           # one of data.pairs.FORMATS
     synthetic_count: int = 48           # frames generated when data == "synthetic"
     synthetic_size: int = 300           # side of generated frames, like the CIMAT frames
     val_fraction: float = 0.2
@@ -28,6 +30,7 @@ class TrainConfig:
     # model
     model_family: str = "unet"
     # optimisation
+    loss: str = "dice_ce"               # one of training.losses.LOSSES
     epochs: int = 20
     batch_size: int = 4
     learning_rate: float = 3e-3
@@ -49,7 +52,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_CHOICES = {"device": ("auto", "cpu", "cuda"), "data_format": ("auto", "pairs", "dca1", "images-masks", "arcade")}
+_CHOICES = {"device": ("auto", "cpu", "cuda"), "data_format": FORMATS, "loss": tuple(LOSSES)}
 _POSITIVE = ("synthetic_count", "synthetic_size", "image_size", "epochs", "batch_size", "patience")
 
 

@@ -68,7 +68,7 @@ def training_curves(history: Sequence[dict[str, float]]) -> bytes:
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=90)
     axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     axes[0].plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    axes[0].set_title("loss (DiceCE)")
+    axes[0].set_title("loss")
     axes[0].legend()
     axes[1].plot(epochs, [h["val_dice"] for h in history], "o-", color="tab:green")
     axes[1].set_title("validation Dice")

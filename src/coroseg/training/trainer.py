@@ -24,6 +24,7 @@ from coroseg.config import TrainConfig
 from coroseg.data.augment import BatchAugmentation
 from coroseg.data.dataset import Frames, TrainingData
 from coroseg.models import SegmentationModel
+from coroseg.training.losses import build_loss
 
 log = logging.getLogger("coroseg")
 
@@ -92,12 +93,6 @@ def _optimizer_and_schedule(config: TrainConfig, model: torch.nn.Module, steps_p
     return optimizer, schedule
 
 
-def _loss():
-    from monai.losses import DiceCELoss
-
-    return DiceCELoss(sigmoid=True)
-
-
 def _train_epoch(model, frames: Frames, config, optimizer, schedule, augment, loss_fn, device, epoch) -> float:
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
@@ -161,7 +156,7 @@ def train(
     steps = math.ceil(len(data.train) / config.batch_size)
     optimizer, schedule = _optimizer_and_schedule(config, model, steps)
     augment = BatchAugmentation().to(device) if config.augment else None
-    loss_fn = _loss()
+    loss_fn = build_loss(config.loss)
     result, since_best, started = TrainResult(), 0, time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
