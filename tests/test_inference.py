@@ -114,6 +114,12 @@ def test_evaluate_logs_means_and_per_image_csv(client, trained, pairs_dir, tmp_p
         assert run.data.metrics[name] == pytest.approx(np.nanmean(values))
         assert all(0.0 <= v <= 1.0 for v in values if not np.isnan(v))
     assert run.data.tags["task"] == "evaluation"
+    for name in ("sensitivity", "specificity", "cldice", "hd95", "assd", "component_error"):
+        assert name in run.data.metrics, name
+    summary = json.loads(open(client.download_artifacts(run.info.run_id, "evaluation/summary/summary.json")).read())
+    worst = summary["worst_by_dice"]
+    assert len(worst) == 5 and [w["dice"] for w in worst] == sorted(float(r["dice"]) for r in rows)[:5]
+    assert all(f"predictions/comparisons/{w['image']}.png" == w["comparison"] for w in worst)
 
 
 def test_image_metrics_on_known_masks():

@@ -28,6 +28,23 @@ class EvaluationOutcome:
     output: Path
 
 
+WORST_SHOWN = 5
+
+
+def _worst(rows: list[dict]) -> list[dict]:
+    """The images with the lowest Dice, each with the path of its overlay in this run."""
+    ranked = sorted(rows, key=lambda r: r["dice"])[:WORST_SHOWN]
+    return [{"image": r["image"], "dice": r["dice"],
+             "comparison": f"{layout.artifact_dir('comparisons')}/{r['image']}.png"} for r in ranked]
+
+
+def _summary_markdown(means: dict[str, float], images: int, worst: list[dict]) -> str:
+    lines = [f"| {w['image']} | {w['dice']:.4f} | [{w['comparison']}](../../{w['comparison']}) |" for w in worst]
+    return ("# Evaluation\n\n" + markdown_table({**means, "images": images})
+            + f"\n## The {len(worst)} worst images by Dice\n\n| image | dice | overlay |\n| --- | --- | --- |\n"
+            + "\n".join(lines) + "\n")
+
+
 def run_evaluation(options: InferenceOptions, data: str, data_format: str = "auto") -> EvaluationOutcome:
     scan = checked_scan(data, data_format)                    # bad input: error before the run
     pairs = scan.pairs
@@ -47,9 +64,10 @@ def run_evaluation(options: InferenceOptions, data: str, data_format: str = "aut
         means = mean_metrics(rows)
         session.tracker.log_metrics(means)
         session.record.write_text("per_image_metrics", "metrics.csv", to_csv(rows))
-        session.record.write_json("evaluation_summary", "summary.json", {"means": means, "images": len(rows)})
-        session.record.write_text("evaluation_summary", "summary.md",
-                                  "# Evaluation\n\n" + markdown_table({**means, "images": len(rows)}))
+        worst = _worst(rows)
+        session.record.write_json("evaluation_summary", "summary.json",
+                                  {"means": means, "images": len(rows), "worst_by_dice": worst})
+        session.record.write_text("evaluation_summary", "summary.md", _summary_markdown(means, len(rows), worst))
         session.finish(results, {"means": means})
         status = "FINISHED"
     finally:
