@@ -87,7 +87,7 @@ def main() -> None:
     config = TrainConfig(synthetic_count=args.synthetic_count, image_size=args.image_size, batch_size=args.batch_size,
                          epochs=args.epochs, patience=args.epochs, device=args.device, tracking=False)
     t0 = time.perf_counter()
-    data = load_training_data(config)
+    data = load_training_data(config)[0]
     synth_seconds = time.perf_counter() - t0
     model = build_model(config.model_family)
     result = train(config, data, model, device, NoRecord())

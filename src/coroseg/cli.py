@@ -104,6 +104,7 @@ def _tracking_options(func):
 @click.option("--data", default=None, help=_default("'synthetic', or a folder of N.png + N_gt.png (or images/ + masks/).", "data"))
 @click.option("--data-format", default=None, type=click.Choice(FORMATS), help=_default("Layout of the --data folder.", "data_format"))
 @click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
+@click.option("--folds", default=None, type=click.IntRange(min=1), help=_default("K > 1: K-fold cross-validation, a parent run with one nested run per fold.", "folds"))
 @click.option("--loss", default=None, type=click.Choice(list(LOSSES)), help=_default("Training loss.", "loss"))
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help=_default("Maximum epochs.", "epochs"))
 @click.option("--image-size", default=None, type=click.IntRange(min=32), help=_default("Frames are resized to this side.", "image_size"))
@@ -127,6 +128,8 @@ def train(config_file, no_tracking, **flags) -> None:
     outcome = run_training(config)
     lines = [f"best_val_dice: {outcome.best_val_dice:.4f}", f"local_record: {outcome.record_dir}",
              f"model_uri: {outcome.model_uri}"]
+    if outcome.cross_validation:   # model_uri is then the fold with the best validation Dice
+        lines = [f"{k}: {v:.4f}" for k, v in outcome.cross_validation.items()] + lines
     _print_run(outcome.run_id, outcome.tracking_failed, lines)
 
 

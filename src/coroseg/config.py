@@ -25,6 +25,7 @@ class TrainConfig:
     synthetic_count: int = 48           # frames generated when data == "synthetic"
     synthetic_size: int = 300           # side of generated frames, like the CIMAT frames
     val_fraction: float = 0.2
+    folds: int = 1                      # > 1: K-fold cross-validation, one nested MLflow run per fold
     image_size: int = 256               # frames are resized to this square side
     augment: bool = True
     # model

@@ -102,7 +102,24 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[np.ndarra
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def load_training_data(config: TrainConfig) -> TrainingData:
+def fold_indices(count: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K-fold (train, val) index pairs, deterministic in (count, folds, seed); every frame is validated once."""
+    order = np.random.default_rng(seed).permutation(count)
+    chunks = np.array_split(order, folds)
+    return [(np.sort(np.concatenate(chunks[:i] + chunks[i + 1:])), np.sort(chunk)) for i, chunk in enumerate(chunks)]
+
+
+def splits(config: TrainConfig, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One train/validation split, or one per fold with `folds` > 1."""
+    if config.folds > 1:
+        if count < config.folds:
+            raise InputError(f"{config.data}: {config.folds} folds need at least {config.folds} pairs, found {count}")
+        return fold_indices(count, config.folds, config.seed)
+    return [split_indices(count, config.val_fraction, config.seed)]
+
+
+def load_training_data(config: TrainConfig) -> list[TrainingData]:
+    """The data of each split (one, or one per cross-validation fold)."""
     if config.data == "synthetic":
         images, masks, names = _synthesize(config.synthetic_count, config.synthetic_size, config.seed)
         source = f"synthetic(count={config.synthetic_count}, size={config.synthetic_size}, seed={config.seed})"
@@ -112,5 +129,5 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     if len(names) < 2:
         raise InputError(f"{config.data}: need at least 2 image/mask pairs to train and validate, found {len(names)}")
     frames = Frames(_stack(images, config.image_size, False), _stack(masks, config.image_size, True), names)
-    train_idx, val_idx = split_indices(len(frames), config.val_fraction, config.seed)
-    return TrainingData(frames.subset(train_idx), frames.subset(val_idx), source, _digest(images, masks))
+    digest = _digest(images, masks)
+    return [TrainingData(frames.subset(t), frames.subset(v), source, digest) for t, v in splits(config, len(frames))]

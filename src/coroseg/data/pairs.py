@@ -19,6 +19,7 @@ from typing import Union
 
 import numpy as np
 
+from coroseg.data.dicom import is_dicom_file
 from coroseg.data.imageio import is_image_file, probe_image, read_mask
 from coroseg.errors import InputError
 
@@ -182,19 +183,24 @@ def announce(scan: Scan) -> None:
     log.info("%s: %s layout, %d pairs", scan.folder, scan.format, len(scan.pairs))
 
 
+def _is_input(path: Path) -> bool:
+    return is_image_file(path) or is_dicom_file(path)
+
+
 def find_inputs(path: str | Path) -> list[Path]:
-    """Frames to predict on: one file, or every image in a folder that is not a `_gt` mask."""
+    """Files to predict on: one image or DICOM file, or every such file in a folder that is not a `_gt` mask."""
     path = Path(path)
     if path.is_file():
-        if not is_image_file(path):
-            raise InputError(f"{path}: not an image file (supported: png, pgm, tif, tiff, jpg, jpeg)")
+        if not _is_input(path):
+            raise InputError(f"{path}: not an image or DICOM file "
+                             "(supported: png, pgm, tif, tiff, jpg, jpeg, dcm, dicom)")
         return [path]
     if not path.is_dir():
         raise InputError(f"{path}: no such file or folder")
     folder = path / "images" if (path / "images").is_dir() else path
-    inputs = [p for p in _images_in(folder) if not is_mask_name(p)]
+    inputs = sorted((p for p in folder.iterdir() if _is_input(p) and not is_mask_name(p)), key=natural_key)
     if not inputs:
-        raise InputError(f"{path}: no images found")
+        raise InputError(f"{path}: no images or DICOM files found")
     return inputs
 
 

@@ -10,7 +10,9 @@ import logging
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from coroseg.data.dicom import is_dicom_file, probe_dicom, read_frame
 from coroseg.data.imageio import encode_png, probe_image, read_gray
 from coroseg.data.pairs import MaskSource, find_inputs, ground_truth_for, load_mask
 from coroseg.errors import InputError
@@ -45,6 +48,17 @@ class InferenceOptions:
     tracking_uri: str | None = None
     experiment: str = "coroseg"
     tracking: bool = True
+
+
+@dataclass(frozen=True)
+class FrameInput:
+    """One frame to predict on: its file, its output name, how to read it, what it adds to its metadata."""
+
+    source: Path
+    name: str
+    read: Callable[[], np.ndarray]
+    truth: MaskSource | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,6 +90,31 @@ def unique_names(paths: list[Path]) -> list[str]:
         seen.add(name)
         names.append(name)
     return names
+
+
+def image_frames(paths: list[Path], truths: list[MaskSource | None]) -> list[FrameInput]:
+    return [FrameInput(path, name, partial(read_gray, path), truth)
+            for path, name, truth in zip(paths, unique_names(paths), truths)]
+
+
+def dicom_frames(path: Path, name: str) -> list[FrameInput]:
+    """One input per frame, named `<name>_fNNN` (1-based); the metadata gets the header's technical fields only."""
+    fields = probe_dicom(path)
+    count = fields["frames"]
+    return [FrameInput(path, f"{name}_f{i + 1:03d}", partial(read_frame, path, i),
+                       extra={"frame": i + 1, "frames": count, "dicom": fields}) for i in range(count)]
+
+
+def frames_to_predict(paths: list[Path]) -> list[FrameInput]:
+    """Every frame of the input files, each file checked from its header, so a bad one stops us before the run."""
+    frames: list[FrameInput] = []
+    for path, name in zip(paths, unique_names(paths)):
+        if is_dicom_file(path):
+            frames += dicom_frames(path, name)
+        else:
+            probe_image(path)
+            frames.append(FrameInput(path, name, partial(read_gray, path), ground_truth_for(path)))
+    return frames
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -123,36 +162,41 @@ class InferenceSession:
         })
 
     def run(self, inputs: list[Path], truths: list[MaskSource | None]) -> list[FileResult]:
-        names, results = unique_names(inputs), []
-        progress = tqdm(total=len(inputs), desc="predict", unit="file", file=sys.stderr,
+        """Predict on image files, each with its mask when there is one."""
+        return self.run_frames(image_frames(inputs, truths))
+
+    def run_frames(self, inputs: list[FrameInput]) -> list[FileResult]:
+        results: list[FileResult] = []
+        progress = tqdm(total=len(inputs), desc="predict", unit="frame", file=sys.stderr,
                         disable=not sys.stderr.isatty())
         for start in range(0, len(inputs), self.options.batch_size):
-            chunk = slice(start, start + self.options.batch_size)
-            results += self._batch(inputs[chunk], names[chunk], truths[chunk])
-            progress.update(len(inputs[chunk]))
+            chunk = inputs[start:start + self.options.batch_size]
+            results += self._batch(chunk)
+            progress.update(len(chunk))
         progress.close()
         return results
 
-    def _batch(self, paths: list[Path], names: list[str], truths: list[MaskSource | None]) -> list[FileResult]:
-        frames = [read_gray(p) for p in paths]
-        masks = [load_mask(t) if t is not None else None for t in truths]
+    def _batch(self, inputs: list[FrameInput]) -> list[FileResult]:
+        frames = [item.read() for item in inputs]
+        masks = [load_mask(item.truth) if item.truth is not None else None for item in inputs]
         t0 = time.perf_counter()
         probabilities = self.predictor.probabilities(frames)
-        per_file = (time.perf_counter() - t0) / len(paths)
+        per_file = (time.perf_counter() - t0) / len(inputs)
         results = []
-        for path, name, frame, probs, truth in zip(paths, names, frames, probabilities, masks):
+        for item, frame, probs, truth in zip(inputs, frames, probabilities, masks):
             if truth is not None and truth.shape != frame.shape:
                 truth = None
-                log.warning("%s: ground truth size differs from the image; left out", path)
-            result = FileResult(path, name, probs, probs > self.model.threshold, truth, per_file)
-            self._write(result, frame)
+                log.warning("%s: ground truth size differs from the image; left out", item.source)
+            result = FileResult(item.source, item.name, probs, probs > self.model.threshold, truth, per_file)
+            self._write(result, frame, item.extra)
             results.append(result)
         return results
 
-    def _write(self, result: FileResult, frame: np.ndarray) -> None:
+    def _write(self, result: FileResult, frame: np.ndarray, extra: dict[str, Any]) -> None:
         height, width = frame.shape
         result.metadata = {
             "source_path": str(result.source),
+            **extra,
             "width": width,
             "height": height,
             "inference_seconds": round(result.seconds, 4),
@@ -201,18 +245,17 @@ class InferenceSession:
 
 def run_prediction(options: InferenceOptions, input_path: str) -> InferenceOutcome:
     inputs = find_inputs(input_path)                       # bad input: error before the run
-    for path in inputs:
-        probe_image(path)
+    frames = frames_to_predict(inputs)
     output = Path(options.output)
     check_output(output, options.overwrite)
     session = InferenceSession(options, output, layout.INFERENCE_TAGS, f"predict-{time.strftime('%Y%m%d-%H%M%S')}")
     status = "FAILED"
     try:
-        session.log_params(inputs, {"input": str(input_path)})
-        results = session.run(inputs, [ground_truth_for(p) for p in inputs])
+        session.log_params(inputs, {"input": str(input_path), "frames": len(frames)})
+        results = session.run_frames(frames)
         session.finish(results)
         status = "FINISHED"
     finally:
         session.close(status)
-    log.info("predicted %d files into %s", len(results), output)
+    log.info("predicted %d frames from %d files into %s", len(results), len(inputs), output)
     return InferenceOutcome(session.tracker.run_id, session.tracker.failed, len(results), output, results)

@@ -36,6 +36,10 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         pass
 
+    def child(self) -> "Tracker":
+        """A tracker for a nested run under this one (records nothing here)."""
+        return Tracker()
+
 
 def make_tracker(enabled: bool, tracking_uri: str | None, experiment: str, record_dir: Path,
                  system_metrics: bool = False) -> Tracker:

@@ -61,12 +61,14 @@ class MlflowTracker(Tracker):
         experiment: str,
         record_dir: Path | None = None,
         system_metrics: bool = False,
+        nested: bool = False,
     ) -> None:
         configure_mlflow_env()
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.record_dir = record_dir
         self.system_metrics = system_metrics
+        self.nested = nested          # a child of the run active in this process (cross-validation folds)
         self.client = None
 
     def _guard(self, action: str, call: Callable[[], Any]) -> Any:
@@ -90,10 +92,12 @@ class MlflowTracker(Tracker):
             import mlflow
             from mlflow import MlflowClient
 
-            if self.tracking_uri:
-                mlflow.set_tracking_uri(self.tracking_uri)
-            mlflow.set_experiment(self.experiment)
-            run = mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=self.system_metrics)
+            if not self.nested:
+                if self.tracking_uri:
+                    mlflow.set_tracking_uri(self.tracking_uri)
+                mlflow.set_experiment(self.experiment)
+            run = mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=self.system_metrics,
+                                   nested=self.nested)
             self.client = MlflowClient()
             return run.info.run_id
 
@@ -140,6 +144,11 @@ class MlflowTracker(Tracker):
                 serialization_format="pt2",  # a graph, not a pickle: safe to load from anyone
             ),
         )
+
+    def child(self) -> Tracker:
+        if self.failed or self.run_id is None:
+            return Tracker()      # the user was told once already; folds train on without tracking
+        return MlflowTracker(self.tracking_uri, self.experiment, self.record_dir, nested=True)
 
     def finish(self, status: str = "FINISHED") -> None:
         import mlflow

@@ -34,6 +34,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def resolved_config(config: TrainConfig) -> dict[str, Any]:
+    """Every config value, as recorded: secrets in the tracking URI removed."""
+    values = config.to_dict()
+    values["tracking_uri"] = redact_uri(values["tracking_uri"])
+    return values
+
+
+def run_params(config: TrainConfig, env: dict[str, Any]) -> dict[str, Any]:
+    return {**resolved_config(config), **layout.TRAINING_PARAMS, **environment_params(env)}
+
+
 class LogCapture(logging.Handler):
     """Keeps the run's log lines: all of them, and those of the epoch in progress."""
 
@@ -67,9 +78,7 @@ class TrainingRecord:
 
     # -- start ---------------------------------------------------------------------------------
     def resolved_config(self) -> dict[str, Any]:
-        values = self.config.to_dict()
-        values["tracking_uri"] = redact_uri(values["tracking_uri"])
-        return values
+        return resolved_config(self.config)
 
     def data_record(self) -> dict[str, Any]:
         return {
@@ -85,9 +94,7 @@ class TrainingRecord:
         logging.getLogger("coroseg").addHandler(self.logs)
         run_id = self.tracker.start(self.config.run_name, layout.TRAINING_TAGS)
         params = {
-            **self.resolved_config(),
-            **layout.TRAINING_PARAMS,
-            **environment_params(self.env),
+            **run_params(self.config, self.env),
             "parameter_count": self.parameters,
             "train_frames": len(self.data.train),
             "val_frames": len(self.data.val),

@@ -5,19 +5,21 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from coroseg.config import TrainConfig
-from coroseg.data.dataset import load_training_data
+from coroseg.config import TrainConfig, to_yaml
+from coroseg.data.dataset import TrainingData, load_training_data
 from coroseg.models import build_model, family
-from coroseg.tracking.base import make_tracker
+from coroseg.tracking import layout
+from coroseg.tracking.base import Tracker, make_tracker
 from coroseg.tracking.environment import environment, resolve_device
 from coroseg.tracking.layout import MODEL_NAME, WEIGHTS_FILE
-from coroseg.tracking.record import RunRecord, new_record_dir
-from coroseg.tracking.training_record import TrainingRecord
+from coroseg.tracking.record import RunRecord, new_record_dir, to_csv
+from coroseg.tracking.training_record import TrainingRecord, markdown_table, resolved_config, run_params
 from coroseg.training.trainer import EpochResult, best_model, seed_everything, train
 
 log = logging.getLogger("coroseg")
@@ -32,6 +34,7 @@ class TrainingOutcome:
     tracking_failed: bool
     history: list[EpochResult]
     wall_seconds: float                 # the whole call: data, run start, loop, record, model
+    cross_validation: dict[str, float] | None = None   # mean and sd over folds, with --folds > 1
 
 
 def _default_run_name(config: TrainConfig) -> str:
@@ -53,17 +56,13 @@ def _save_local_model(best, example, record: TrainingRecord, folder: Path, weigh
                               extra_files=[str(weights)], serialization_format="pt2")
 
 
-def run_training(config: TrainConfig) -> TrainingOutcome:
+def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, env: dict, tracker: Tracker,
+                 record_dir: Path) -> TrainingOutcome:
+    """One training run (the whole job, or one cross-validation fold) with its complete record."""
     started = time.perf_counter()
-    family(config.model_family)                       # unknown family: error before anything else
-    device = resolve_device(config.device)
-    data = load_training_data(config)                 # bad input: error before any run is created
-    record_dir = new_record_dir(config.output_dir, _safe_name(config.run_name or config.model_family))
-    config.run_name = config.run_name or _default_run_name(config)
     seed_everything(config.seed)                      # the initial weights too depend on the seed
     model = build_model(config.model_family)
-    tracker = make_tracker(config.tracking, config.tracking_uri, config.experiment, record_dir, config.system_metrics)
-    session = TrainingRecord(RunRecord(record_dir, tracker), config, data, environment(device), model)
+    session = TrainingRecord(RunRecord(record_dir, tracker), config, data, env, model)
     status = "FAILED"
     try:
         session.begin()
@@ -94,3 +93,71 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
         history=result.history,
         wall_seconds=time.perf_counter() - started,
     )
+
+
+def _fold_row(fold: int, outcome: TrainingOutcome) -> dict:
+    best = max(outcome.history, key=lambda e: e.val_dice)
+    return {"fold": fold, "run_id": outcome.run_id, "best_epoch": best.epoch, "best_val_dice": best.val_dice,
+            "val_loss_at_best": best.val_loss, "epochs": len(outcome.history), "model_uri": outcome.model_uri}
+
+
+def _cv_summary(rows: list[dict]) -> dict[str, float]:
+    """Mean and sample sd over folds of every validation metric (taken at each fold's best epoch)."""
+    summary = {}
+    for name in ("best_val_dice", "val_loss_at_best"):
+        values = np.array([r[name] for r in rows], dtype=float)
+        summary[f"cv_{name}_mean"] = float(values.mean())
+        summary[f"cv_{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return summary
+
+
+def _cross_validate(config: TrainConfig, folds: list[TrainingData], device: torch.device, env: dict,
+                    tracker: Tracker, record_dir: Path) -> TrainingOutcome:
+    """A parent run holding the mean and sd over folds; each fold is a complete nested training run."""
+    started = time.perf_counter()
+    record = RunRecord(record_dir, tracker)
+    tracker.start(config.run_name, {**layout.TRAINING_TAGS, "cross_validation": f"{len(folds)}-fold"})
+    status = "FAILED"
+    try:
+        tracker.log_params(run_params(config, env))
+        record.write_text("config", "config.yaml", to_yaml(resolved_config(config)))
+        outcomes = []
+        for i, data in enumerate(folds, 1):
+            log.info("fold %d/%d", i, len(folds))
+            fold_config = replace(config, run_name=f"{config.run_name}-fold{i}")
+            outcomes.append(_train_split(fold_config, data, device, env, tracker.child(), record_dir / f"fold_{i}"))
+        rows = [_fold_row(i, o) for i, o in enumerate(outcomes, 1)]
+        summary = _cv_summary(rows)
+        tracker.log_metrics(summary)
+        record.write_text("summary", "cross_validation.csv", to_csv(rows))
+        record.write_json("summary", "cross_validation.json", {**summary, "folds": rows})
+        record.write_text("summary", "cross_validation.md", _cv_markdown(summary, rows))
+        status = "FINISHED"
+    finally:
+        tracker.finish(status)
+    best = max(outcomes, key=lambda o: o.best_val_dice)
+    log.info("cross-validation: best_val_dice %.4f +- %.4f over %d folds", summary["cv_best_val_dice_mean"],
+             summary["cv_best_val_dice_std"], len(folds))
+    return replace(best, run_id=tracker.run_id, record_dir=record_dir, tracking_failed=tracker.failed,
+                   wall_seconds=time.perf_counter() - started, cross_validation=summary)
+
+
+def _cv_markdown(summary: dict[str, float], rows: list[dict]) -> str:
+    head = ["fold", "best_epoch", "best_val_dice", "val_loss_at_best", "run_id"]
+    table = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    table += ["| " + " | ".join(f"{r[h]:.4f}" if isinstance(r[h], float) else str(r[h]) for h in head) + " |"
+              for r in rows]
+    return "# Cross-validation\n\n" + markdown_table(summary) + "\n## Folds\n\n" + "\n".join(table) + "\n"
+
+
+def run_training(config: TrainConfig) -> TrainingOutcome:
+    family(config.model_family)                       # unknown family: error before anything else
+    device = resolve_device(config.device)
+    splits = load_training_data(config)               # bad input: error before any run is created
+    record_dir = new_record_dir(config.output_dir, _safe_name(config.run_name or config.model_family))
+    config.run_name = config.run_name or _default_run_name(config)
+    env = environment(device)
+    tracker = make_tracker(config.tracking, config.tracking_uri, config.experiment, record_dir, config.system_metrics)
+    if len(splits) == 1:
+        return _train_split(config, splits[0], device, env, tracker, record_dir)
+    return _cross_validate(config, splits, device, env, tracker, record_dir)

@@ -1,0 +1,47 @@
+"""`coroseg train --folds K`: a parent run with the mean and sd over folds, and one nested run per fold."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from coroseg.data.dataset import fold_indices
+from tests.conftest import run_cli
+from tests.test_training_run import all_artifacts
+
+
+def test_folds_cover_every_frame_once_as_validation():
+    folds = fold_indices(10, 3, seed=1)
+    vals = np.concatenate([v for _, v in folds])
+    assert sorted(vals.tolist()) == list(range(10))
+    for train, val in folds:
+        assert not set(train) & set(val) and len(train) + len(val) == 10
+    assert [v.tolist() for _, v in fold_indices(10, 3, seed=1)] == [v.tolist() for _, v in folds]
+
+
+def test_cross_validation_runs(tmp_path, small_config):
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli("train", "--config", small_config, "--epochs", 1, "--folds", 3, "--tracking-uri", store,
+                     "--experiment", "cv", "--run-name", "cv", cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    client = MlflowClient(store)
+    parent = client.get_run(result.value("run_id"))
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == ["cv-fold1", "cv-fold2", "cv-fold3"]
+    rows = list(csv.DictReader(open(client.download_artifacts(parent.info.run_id,
+                                                              "summaries/training/cross_validation.csv"))))
+    dice = [float(r["best_val_dice"]) for r in rows]
+    assert parent.data.metrics["cv_best_val_dice_mean"] == pytest.approx(np.mean(dice))
+    assert parent.data.metrics["cv_best_val_dice_std"] == pytest.approx(np.std(dice, ddof=1))
+    assert parent.data.tags["cross_validation"] == "3-fold"
+    for child in children:
+        artifacts = all_artifacts(client, child.info.run_id)
+        assert "metrics/epoch_001/metrics.json" in artifacts and "final_model/weights/model.safetensors" in artifacts
+        assert child.data.metrics["best_val_dice"] == pytest.approx(
+            float(next(r for r in rows if r["run_id"] == child.info.run_id)["best_val_dice"]))
+    assert result.value("model_uri").startswith("runs:/")
