@@ -45,3 +45,28 @@ def test_cross_validation_runs(tmp_path, small_config):
         assert child.data.metrics["best_val_dice"] == pytest.approx(
             float(next(r for r in rows if r["run_id"] == child.info.run_id)["best_val_dice"]))
     assert result.value("model_uri").startswith("runs:/")
+
+
+def test_init_starts_from_another_runs_weights(trained, tmp_path, small_config):
+    import torch
+
+    from coroseg.inference.model_loading import load_model
+    from coroseg.models import build_model
+    from coroseg.training.checkpoint import load_weights
+
+    source = f"runs:/{trained.run_id}/pytorch_model"
+    result = run_cli("train", "--config", small_config, "--epochs", 1, "--init", source, "--tracking-uri",
+                     trained.store, "--learning-rate", 1e-9, "--run-name", "finetune", cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    # with a vanishing learning rate the fine-tuned weights stay those of the source model
+    start = load_model(source, torch.device("cpu")).module.state_dict()
+    tuned = load_weights(tmp_path / result.value("local_record") / "final_model/weights/model.safetensors",
+                         build_model("unet")).state_dict()
+    assert all(torch.allclose(start[k], tuned[k], atol=1e-4) for k in start if start[k].is_floating_point())
+
+
+def test_init_with_another_family_is_refused_before_the_run(trained, tmp_path, small_config):
+    result = run_cli("train", "--config", small_config, "--init", f"runs:/{trained.run_id}/pytorch_model",
+                     "--model-family", "segresnet", "--no-tracking", cwd=tmp_path)
+    assert result.exit_code == 2 and "cannot start a segresnet training" in result.stderr
+    assert not (tmp_path / "coroseg_runs").exists()

@@ -146,3 +146,26 @@ def test_predict_from_the_model_registry(trained, pairs_dir, tmp_path):
                      pairs_dir / "1.png", "--output", tmp_path / "o", "--tracking-uri", trained.store)
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "o/predictions/outputs/1_mask.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["runs", "models"])
+def test_a_fresh_process_finds_the_model_in_the_named_store(trained, pairs_dir, tmp_path, kind):
+    """No global MLflow state from earlier calls: --tracking-uri alone must locate runs:/ and models:/."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    uri = f"runs:/{trained.run_id}/pytorch_model"
+    if kind == "models":
+        mlflow.set_tracking_uri(trained.store)
+        version = mlflow.register_model(uri, "coroseg-fresh-process")
+        uri = f"models:/coroseg-fresh-process/{version.version}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-m", "coroseg", "predict", "--model", uri, "--input", str(pairs_dir / "1.png"),
+                           "--output", str(tmp_path / "o"), "--tracking-uri", trained.store],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o/predictions/outputs/1_mask.png").is_file()
+    assert not (tmp_path / "mlflow.db").exists()

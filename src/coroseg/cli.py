@@ -104,6 +104,7 @@ def _tracking_options(func):
 @click.option("--data", default=None, help=_default("'synthetic', or a folder of N.png + N_gt.png (or images/ + masks/).", "data"))
 @click.option("--data-format", default=None, type=click.Choice(FORMATS), help=_default("Layout of the --data folder.", "data_format"))
 @click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
+@click.option("--init", default=None, help="Start from the weights of this model URI (e.g. synthetic pretraining, then fine-tuning).")
 @click.option("--folds", default=None, type=click.IntRange(min=1), help=_default("K > 1: K-fold cross-validation, a parent run with one nested run per fold.", "folds"))
 @click.option("--loss", default=None, type=click.Choice(list(LOSSES)), help=_default("Training loss.", "loss"))
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help=_default("Maximum epochs.", "epochs"))

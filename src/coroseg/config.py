@@ -30,6 +30,7 @@ class TrainConfig:
     augment: bool = True
     # model
     model_family: str = "unet"
+    init: str | None = None             # model URI whose weights start the training (fine-tuning)
     # optimisation
     loss: str = "dice_ce"               # one of training.losses.LOSSES
     epochs: int = 20

@@ -9,7 +9,9 @@ pydicom is imported inside the functions: it costs a quarter of a second, which 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +51,30 @@ def _read_errors() -> tuple[type[Exception], ...]:
             NotImplementedError, RuntimeError)
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """pydicom warns about every oddity of a header, on stderr and at times quoting values: keep errors one
+    line and header values out of the terminal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _technical_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return value if _CODE_STRING.fullmatch(value) else None
+    if value is None or isinstance(value, str):
+        return value if value and _CODE_STRING.fullmatch(value) else None
     if isinstance(value, Sequence):         # pixel spacing: row and column spacing in mm
         return [float(v) for v in value]
     return int(value)
 
 
 def _technical(ds: Any) -> dict[str, Any]:
-    values = {key: ds.get(keyword) for keyword, key in TECHNICAL_FIELDS.items()}
-    fields = {key: _technical_value(value) for key, value in values.items() if value not in (None, "")}
-    return {"frames": 1, **{key: value for key, value in fields.items() if value is not None}}
+    fields: dict[str, Any] = {"frames": 1}  # NumberOfFrames is absent from single-frame files
+    for keyword, key in TECHNICAL_FIELDS.items():
+        value = _technical_value(ds.get(keyword))
+        if value is not None:
+            fields[key] = value
+    return fields
 
 
 def _check(ds: Any, path: Path) -> dict[str, Any]:
@@ -77,7 +91,7 @@ def _check(ds: Any, path: Path) -> dict[str, Any]:
     syntax = ds.file_meta.TransferSyntaxUID
     if not syntax.is_compressed:           # a truncated file passes the header read; its size gives it away
         expected = fields["rows"] * fields["columns"] * fields["frames"] * fields["bits_allocated"] // 8
-        if ds.get_item("PixelData").value_tell + expected > path.stat().st_size:
+        if ds.get_item("PixelData", keep_deferred=True).value_tell + expected > path.stat().st_size:
             raise InputError(f"{path}: DICOM pixel data truncated")
     return fields
 
@@ -88,10 +102,11 @@ def probe_dicom(path: Path) -> dict[str, Any]:
     from pydicom.pixels import get_decoder
 
     try:
-        ds = pydicom.dcmread(path, defer_size=1024)   # deferred: the pixel data is seen but not loaded
-        fields = _check(ds, path)
-        if not get_decoder(ds.file_meta.TransferSyntaxUID).is_available:
-            raise InputError(f"{path}: no decoder installed for transfer syntax {ds.file_meta.TransferSyntaxUID}")
+        with _quiet():
+            ds = pydicom.dcmread(path, defer_size=1024)   # deferred: the pixel data is seen but not loaded
+            fields = _check(ds, path)
+            if not get_decoder(ds.file_meta.TransferSyntaxUID).is_available:
+                raise InputError(f"{path}: no decoder installed for transfer syntax {ds.file_meta.TransferSyntaxUID}")
     except _read_errors() as exc:
         raise InputError(f"{path}: cannot read DICOM ({exc.__class__.__name__}: {exc})") from exc
     return fields
@@ -112,7 +127,8 @@ def read_frame(path: Path, index: int) -> np.ndarray:
 
     ds = Dataset()                          # filled with the pixel module only (group 0028 and file meta)
     try:
-        raw = pixel_array(str(path), index=index, ds_out=ds)
+        with _quiet():
+            raw = pixel_array(str(path), index=index, ds_out=ds)
     except _read_errors() as exc:
         raise InputError(f"{path}: cannot read DICOM frame {index + 1} ({exc.__class__.__name__}: {exc})") from exc
     frame = _to_unit(apply_modality_lut(raw, ds).astype(np.float32))

@@ -35,7 +35,7 @@ class LoadedModel:
         return float(self.metadata.get("threshold", 0.5))
 
 
-def _local_copy(uri: str) -> Path:
+def _local_copy(uri: str, tracking_uri: str | None) -> Path:
     import mlflow
 
     if Path(uri).is_dir():
@@ -45,19 +45,24 @@ def _local_copy(uri: str) -> Path:
     if "://" not in uri and ":/" not in uri:
         raise InputError(f"{uri}: no such model folder, and not a runs:/ or models:/ URI")
     try:
+        # This runs before any run exists, so the store must be set here. Set globally: MLflow resolves a
+        # logged model's runs:/ path and a models:/ registry entry through the global URIs, whatever
+        # download_artifacts(tracking_uri=...) is given.
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; all mean 'cannot load this'
         raise InputError(f"{uri}: cannot load model ({redact_text(str(exc).splitlines()[0])})") from exc
 
 
-def load_model(uri: str, device: torch.device) -> LoadedModel:
+def load_model(uri: str, device: torch.device, tracking_uri: str | None = None) -> LoadedModel:
     import mlflow.pytorch
     from mlflow.models import Model
 
     from coroseg.models import build_model
     from coroseg.training.checkpoint import load_weights
 
-    folder = _local_copy(uri)
+    folder = _local_copy(uri, tracking_uri)
     metadata = Model.load(str(folder)).metadata or {}
     family = metadata.get("model_family")
     weights = folder / "extra_files" / WEIGHTS_FILE

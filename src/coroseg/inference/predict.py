@@ -138,7 +138,7 @@ class InferenceSession:
     def __init__(self, options: InferenceOptions, output: Path, tags: dict[str, str], run_name: str) -> None:
         self.options, self.output = options, output
         self.device = resolve_device(options.device)
-        self.model: LoadedModel = load_model(options.model_uri, self.device)
+        self.model: LoadedModel = load_model(options.model_uri, self.device, options.tracking_uri)
         self.predictor = Predictor(self.model, options.resolution, options.batch_size)
         output.mkdir(parents=True, exist_ok=True)
         self.tracker = make_tracker(options.tracking, options.tracking_uri, options.experiment, output)

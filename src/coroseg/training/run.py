@@ -56,12 +56,28 @@ def _save_local_model(best, example, record: TrainingRecord, folder: Path, weigh
                               extra_files=[str(weights)], serialization_format="pt2")
 
 
+def _initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
+    """The weights of `--init MODEL_URI`, checked against the model family before any run is created."""
+    if config.init is None:
+        return None
+    from coroseg.errors import InputError
+    from coroseg.inference.model_loading import load_model
+
+    loaded = load_model(config.init, torch.device("cpu"), config.tracking_uri)
+    family_there = loaded.metadata.get("model_family")
+    if family_there != config.model_family:
+        raise InputError(f"--init {config.init}: a {family_there} model cannot start a {config.model_family} training")
+    return {k: v.detach().clone() for k, v in loaded.module.state_dict().items()}
+
+
 def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, env: dict, tracker: Tracker,
-                 record_dir: Path) -> TrainingOutcome:
+                 record_dir: Path, init: dict[str, torch.Tensor] | None = None) -> TrainingOutcome:
     """One training run (the whole job, or one cross-validation fold) with its complete record."""
     started = time.perf_counter()
     seed_everything(config.seed)                      # the initial weights too depend on the seed
     model = build_model(config.model_family)
+    if init is not None:
+        model.load_state_dict(init)
     session = TrainingRecord(RunRecord(record_dir, tracker), config, data, env, model)
     status = "FAILED"
     try:
@@ -112,7 +128,7 @@ def _cv_summary(rows: list[dict]) -> dict[str, float]:
 
 
 def _cross_validate(config: TrainConfig, folds: list[TrainingData], device: torch.device, env: dict,
-                    tracker: Tracker, record_dir: Path) -> TrainingOutcome:
+                    tracker: Tracker, record_dir: Path, init: dict[str, torch.Tensor] | None) -> TrainingOutcome:
     """A parent run holding the mean and sd over folds; each fold is a complete nested training run."""
     started = time.perf_counter()
     record = RunRecord(record_dir, tracker)
@@ -125,7 +141,8 @@ def _cross_validate(config: TrainConfig, folds: list[TrainingData], device: torc
         for i, data in enumerate(folds, 1):
             log.info("fold %d/%d", i, len(folds))
             fold_config = replace(config, run_name=f"{config.run_name}-fold{i}")
-            outcomes.append(_train_split(fold_config, data, device, env, tracker.child(), record_dir / f"fold_{i}"))
+            outcomes.append(_train_split(fold_config, data, device, env, tracker.child(), record_dir / f"fold_{i}",
+                                         init))
         rows = [_fold_row(i, o) for i, o in enumerate(outcomes, 1)]
         summary = _cv_summary(rows)
         tracker.log_metrics(summary)
@@ -154,10 +171,11 @@ def run_training(config: TrainConfig) -> TrainingOutcome:
     family(config.model_family)                       # unknown family: error before anything else
     device = resolve_device(config.device)
     splits = load_training_data(config)               # bad input: error before any run is created
+    init = _initial_weights(config)
     record_dir = new_record_dir(config.output_dir, _safe_name(config.run_name or config.model_family))
     config.run_name = config.run_name or _default_run_name(config)
     env = environment(device)
     tracker = make_tracker(config.tracking, config.tracking_uri, config.experiment, record_dir, config.system_metrics)
     if len(splits) == 1:
-        return _train_split(config, splits[0], device, env, tracker, record_dir)
-    return _cross_validate(config, splits, device, env, tracker, record_dir)
+        return _train_split(config, splits[0], device, env, tracker, record_dir, init)
+    return _cross_validate(config, splits, device, env, tracker, record_dir, init)
