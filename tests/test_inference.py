@@ -47,6 +47,11 @@ def test_predict_params_tags_metrics(client, predicted, trained):
     assert run.data.params["model_uri"] == f"runs:/{trained.run_id}/pytorch_model"
     assert run.data.params["resolution"] == "64"          # the model's training size
     assert run.data.params["device"] == "cpu"
+    # the post-processing chosen on validation at training time is what predict applies
+    trained_run = client.get_run(trained.run_id)
+    assert float(run.data.params["threshold"]) == pytest.approx(trained_run.data.metrics["chosen_threshold"])
+    assert float(run.data.params["min_component_fraction"]) == pytest.approx(
+        trained_run.data.metrics["chosen_min_component_fraction"])
     assert run.data.tags["task"] == "inference" and run.data.tags["mode"] == "prediction"
     metrics = run.data.metrics
     assert metrics["files_processed"] == 6

@@ -62,6 +62,11 @@ def test_metric_histories_have_one_value_per_epoch_at_steps_1_to_n(client, train
     best = max(m.value for m in client.get_metric_history(trained.run_id, "val_dice"))
     assert run.data.metrics["best_val_dice"] == pytest.approx(best)
     assert run.data.metrics["training_duration_seconds"] > 0
+    for name in ("val_cldice", "val_hd95"):                 # vessel metrics of each epoch's validation
+        history = client.get_metric_history(trained.run_id, name)
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), name
+    assert run.data.metrics["chosen_threshold"] in [round(0.3 + 0.05 * i, 2) for i in range(9)]
+    assert run.data.metrics["val_dice_postprocessed"] >= run.data.metrics["best_val_dice"] - 1e-3
 
 
 def test_params_and_tags(client, trained, small_config):
@@ -122,6 +127,11 @@ def test_logged_model_loads_in_one_line_and_takes_any_batch_and_size(trained):
         assert 0.0 <= out.min() and out.max() <= 1.0
     signature = model.metadata.signature.inputs.to_dict()[0]
     assert list(signature["tensor-spec"]["shape"]) == [-1, 1, -1, -1]
+    # the post-processing chosen on validation travels with the model
+    metadata = mlflow.models.get_model_info(f"runs:/{trained.run_id}/pytorch_model").metadata
+    run = mlflow.MlflowClient(tracking_uri=trained.store).get_run(trained.run_id)
+    assert metadata["threshold"] == pytest.approx(run.data.metrics["chosen_threshold"])
+    assert metadata["min_component_fraction"] == pytest.approx(run.data.metrics["chosen_min_component_fraction"])
 
 
 def test_weights_load_without_pickle_and_match_the_logged_model(trained):

@@ -34,6 +34,11 @@ class LoadedModel:
     def threshold(self) -> float:
         return float(self.metadata.get("threshold", 0.5))
 
+    @property
+    def min_component_fraction(self) -> float:
+        """Vessel pieces smaller than this fraction of the frame area are dropped (0: older models)."""
+        return float(self.metadata.get("min_component_fraction", 0.0))
+
 
 def _local_copy(uri: str, tracking_uri: str | None) -> Path:
     import mlflow

@@ -155,6 +155,7 @@ class InferenceSession:
             "device": str(self.device),
             "batch_size": self.options.batch_size,
             "threshold": self.model.threshold,
+            "min_component_fraction": self.model.min_component_fraction,
             "model_family": self.model.metadata.get("model_family"),
             "files": len(inputs),
             **extra,
@@ -187,7 +188,7 @@ class InferenceSession:
             if truth is not None and truth.shape != frame.shape:
                 truth = None
                 log.warning("%s: ground truth size differs from the image; left out", item.source)
-            result = FileResult(item.source, item.name, probs, probs > self.model.threshold, truth, per_file)
+            result = FileResult(item.source, item.name, probs, self.predictor.masks([probs])[0], truth, per_file)
             self._write(result, frame, item.extra)
             results.append(result)
         return results
@@ -202,6 +203,7 @@ class InferenceSession:
             "inference_seconds": round(result.seconds, 4),
             "vessel_fraction": float(result.mask.mean()),
             "threshold": self.model.threshold,
+            "min_component_fraction": self.model.min_component_fraction,
             "resolution": self.predictor.resolution,
             "model_uri": redact_uri(self.options.model_uri),
             "mask": f"{layout.artifact_dir('outputs')}/{result.name}_mask.png",

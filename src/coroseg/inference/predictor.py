@@ -10,6 +10,7 @@ import torch
 
 from coroseg.data.dataset import resize_image
 from coroseg.inference.model_loading import LoadedModel
+from coroseg.training.postprocess import apply_postprocessing
 
 
 class Predictor:
@@ -41,4 +42,7 @@ class Predictor:
         return [resize_image(p[None], f.shape).clamp_(0, 1)[0, 0].numpy() for p, f in zip(probs, frames)]
 
     def masks(self, probabilities: list[np.ndarray]) -> list[np.ndarray]:
-        return [p > self.model.threshold for p in probabilities]
+        """Boolean vessel masks: the model's threshold, then its small-piece removal (chosen on validation at
+        training time), each mask at its own size (the minimum piece is a fraction of that frame's area)."""
+        return [apply_postprocessing(p, self.model.threshold, self.model.min_component_fraction)
+                for p in probabilities]

@@ -14,6 +14,7 @@ from coroseg.config import TrainConfig, to_yaml
 from coroseg.data.dataset import TrainingData
 from coroseg.models import SegmentationModel, parameter_count
 from coroseg.training.checkpoint import sha256, weights_bytes
+from coroseg.training.postprocess import DEFAULT_MIN_COMPONENT_FRACTION, DEFAULT_THRESHOLD, choose_postprocessing
 from coroseg.training.trainer import EpochResult, Preview, TrainResult
 from coroseg.tracking import layout
 from coroseg.tracking.environment import environment_params
@@ -21,7 +22,7 @@ from coroseg.tracking.record import RunRecord, to_csv
 from coroseg.tracking.redact import redact_uri
 from coroseg.visualize import comparison, png_bytes, training_curves
 
-THRESHOLD = 0.5
+THRESHOLD = 0.5                      # of the per-epoch previews; the model's own is chosen on validation
 
 
 def markdown_table(rows: dict[str, Any]) -> str:
@@ -75,6 +76,7 @@ class TrainingRecord:
         self.parameters = parameter_count(model)
         self.logs = LogCapture()
         self.started = time.time()
+        self.postprocessing: dict[str, Any] | None = None     # set by `end`, recorded in the model metadata
 
     # -- start ---------------------------------------------------------------------------------
     def resolved_config(self) -> dict[str, Any]:
@@ -145,8 +147,16 @@ class TrainingRecord:
     # -- end -----------------------------------------------------------------------------------
     def end(self, result: TrainResult, best: SegmentationModel, example: np.ndarray) -> None:
         last = result.history[-1].epoch if result.history else 0
+        self.postprocessing = result.postprocessing
+        if self.postprocessing is None and result.best_val_probabilities is not None:
+            self.postprocessing = choose_postprocessing(result.best_val_probabilities, self.data.val.masks)
+        chosen = {}
+        if self.postprocessing is not None:
+            chosen = {"chosen_threshold": self.postprocessing["threshold"],
+                      "chosen_min_component_fraction": self.postprocessing["min_component_fraction"],
+                      "val_dice_postprocessed": self.postprocessing["val_dice_after"]}
         self.tracker.log_metrics({"best_val_dice": result.best_val_dice,
-                                  "training_duration_seconds": result.training_duration_seconds}, step=last)
+                                  "training_duration_seconds": result.training_duration_seconds, **chosen}, step=last)
         weights = self.record.write_bytes("final_weights", layout.WEIGHTS_FILE, weights_bytes(best.state_dict()))
         self.record.write_text("final_config", "config.yaml", to_yaml(self.model_config()))
         history = [asdict(h) for h in result.history]
@@ -173,10 +183,14 @@ class TrainingRecord:
             "model_family": self.config.model_family,
             "image_size": self.config.image_size,
             "divisor": family(self.config.model_family).divisor,
-            "threshold": THRESHOLD,
+            "threshold": self._chosen("threshold", DEFAULT_THRESHOLD),
+            "min_component_fraction": self._chosen("min_component_fraction", DEFAULT_MIN_COMPONENT_FRACTION),
             "input": "float32 (N,1,H,W) grayscale frames scaled to [0,1]",
             "output": "float32 (N,1,H,W) vessel probabilities",
         }
+
+    def _chosen(self, key: str, default: float) -> float:
+        return float(self.postprocessing[key]) if self.postprocessing is not None else default
 
     def model_config(self) -> dict[str, Any]:
         return {**self.resolved_config(), "model": self.model_metadata(), "data": self.data_record()}
@@ -191,6 +205,10 @@ class TrainingRecord:
             "best_epoch": result.best_epoch,
             "best_val_dice": result.best_val_dice,
             "final_val_dice": result.history[-1].val_dice if result.history else None,
+            **_best_epoch_vessel_metrics(result),
+            "chosen_threshold": self._chosen("threshold", DEFAULT_THRESHOLD),
+            "chosen_min_component_fraction": self._chosen("min_component_fraction", DEFAULT_MIN_COMPONENT_FRACTION),
+            "val_dice_postprocessed": self.postprocessing["val_dice_after"] if self.postprocessing else None,
             "training_duration_seconds": round(result.training_duration_seconds, 2),
             "data_source": self.data.source,
             "data_digest": self.data.digest,
@@ -203,6 +221,15 @@ class TrainingRecord:
             "local_record": str(self.record.root),
             "model_uri": f"runs:/{self.tracker.run_id}/{layout.MODEL_NAME}" if self.tracker.run_id else None,
         }
+
+
+def _best_epoch_vessel_metrics(result: TrainResult) -> dict[str, float]:
+    """`best_val_cldice` etc.: the vessel metrics of the best epoch."""
+    best = next((h for h in result.history if h.epoch == result.best_epoch), None)
+    if best is None:
+        return {}
+    return {f"best_{k}": v for k, v in best.metrics().items()
+            if k.startswith("val_") and k not in ("val_loss", "val_dice")}
 
 
 def _optimizer_summary(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -226,7 +253,8 @@ def _model_markdown(summary: dict[str, Any], model: SegmentationModel) -> str:
 
 
 def _run_markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
-    cols = ["epoch", "train_loss", "val_loss", "val_dice", "learning_rate", "epoch_duration_seconds"]
+    cols = ["epoch", "train_loss", "val_loss", "val_dice", "val_cldice", "val_hd95", "learning_rate",
+            "epoch_duration_seconds"]
     table = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     table += ["| " + " | ".join(_fmt(h[c]) if c != "learning_rate" else f"{h[c]:.2e}" for c in cols) + " |"
               for h in history]

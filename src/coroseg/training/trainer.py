@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from coroseg.data.augment import BatchAugmentation
 from coroseg.data.dataset import Frames, TrainingData
 from coroseg.models import SegmentationModel
 from coroseg.training.losses import build_loss
+from coroseg.training.postprocess import choose_postprocessing
 
 log = logging.getLogger("coroseg")
 
@@ -38,6 +39,15 @@ class EpochResult:
     learning_rate: float
     epoch_duration_seconds: float       # training and validation, not the recording of the epoch
     train_images_per_second: float
+    # vessel metrics of the thresholded (0.5) validation masks, means over frames (NaNs left out)
+    val_cldice: float = float("nan")
+    val_hd95: float = float("nan")
+    val_assd: float = float("nan")
+    val_component_error: float = float("nan")
+    val_sensitivity: float = float("nan")
+    val_specificity: float = float("nan")
+    val_precision: float = float("nan")
+    val_iou: float = float("nan")
     is_best: bool = False
 
     def metrics(self) -> dict[str, float]:
@@ -62,6 +72,8 @@ class TrainResult:
     best_state: dict[str, torch.Tensor] | None = None
     training_duration_seconds: float = 0.0
     stopped_early: bool = False
+    best_val_probabilities: torch.Tensor | None = None    # (N,1,S,S) float32 on the CPU, the best epoch's
+    postprocessing: dict[str, Any] | None = None          # threshold etc. chosen on them (postprocess.py)
 
 
 class TrainingEvents(Protocol):
@@ -118,6 +130,19 @@ def _train_epoch(model, frames: Frames, config, optimizer, schedule, augment, lo
     return total / len(frames)
 
 
+VESSEL_METRICS = ("cldice", "hd95", "assd", "component_error", "sensitivity", "specificity", "precision", "iou")
+
+
+def vessel_metrics(probabilities: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+    """`val_<name>` for each of VESSEL_METRICS: means over frames of the thresholded (0.5) predictions."""
+    from coroseg.evaluation.metrics import image_metrics, mean_metrics
+
+    predictions = probabilities[:, 0].numpy() > 0.5
+    truths = masks[:, 0].numpy() > 0.5
+    means = mean_metrics([image_metrics(p, t) for p, t in zip(predictions, truths)])
+    return {f"val_{name}": means[name] for name in VESSEL_METRICS}
+
+
 @torch.no_grad()
 def _validate(model, frames: Frames, config, loss_fn, device) -> tuple[float, float, torch.Tensor]:
     from monai.metrics import DiceMetric
@@ -163,18 +188,21 @@ def train(
         train_loss = _train_epoch(model, data.train, config, optimizer, schedule, augment, loss_fn, device, epoch)
         t_train = time.perf_counter() - t0
         val_loss, val_dice, probabilities = _validate(model, data.val, config, loss_fn, device)
+        vessel = vessel_metrics(probabilities, data.val.masks)
         epoch_result = EpochResult(epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"],
-                                   time.perf_counter() - t0, len(data.train) / t_train)
+                                   time.perf_counter() - t0, len(data.train) / t_train, **vessel)
         epoch_result.is_best = val_dice > result.best_val_dice
         result.history.append(epoch_result)
         log.info(
-            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  lr %.2e  %.1fs%s",
-            epoch, config.epochs, train_loss, val_loss, val_dice, epoch_result.learning_rate,
+            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  val_cldice %.4f  val_hd95 %.1f  lr %.2e  %.1fs%s",
+            epoch, config.epochs, train_loss, val_loss, val_dice, epoch_result.val_cldice, epoch_result.val_hd95,
+            epoch_result.learning_rate,
             epoch_result.epoch_duration_seconds, "  (best)" if epoch_result.is_best else "",
         )
         if epoch_result.is_best:
             result.best_epoch, result.best_val_dice, since_best = epoch, val_dice, 0
             result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            result.best_val_probabilities = probabilities
             events.on_best(epoch_result, model, optimizer)
         else:
             since_best += 1
@@ -185,6 +213,12 @@ def train(
             result.stopped_early = True
             break
     result.training_duration_seconds = time.perf_counter() - started
+    if result.best_val_probabilities is not None:
+        result.postprocessing = choose_postprocessing(result.best_val_probabilities, data.val.masks)
+        log.info("post-processing chosen on validation: threshold %.2f, min component %.4f of the frame; "
+                 "val_dice %.4f -> %.4f", result.postprocessing["threshold"],
+                 result.postprocessing["min_component_fraction"], result.postprocessing["val_dice_before"],
+                 result.postprocessing["val_dice_after"])
     return result
 
 

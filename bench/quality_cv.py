@@ -1,0 +1,130 @@
+"""Quality benchmark (not a test): K-fold cross-validation of a training recipe on real angiograms,
+with and without synthetic pretraining. Prints Dice, clDice, HD95 (mean +- sd over folds) and wall time.
+
+Each fold's model predicts its validation frames at their original size (as `coroseg predict` does) and is
+scored with coroseg's evaluation metrics. The loop and predictor are driven directly (no MLflow), so it
+runs on a bare GPU machine with torch, MONAI and kornia (bench/gpu.sh) as well as on a CPU:
+
+    .venv/bin/python bench/quality_cv.py --data ../shared/data/cimat40_train --device cpu --epochs 20
+    bash bench/gpu.sh  (see bench/README.md; runs bench/gpu_check.py) or python3 bench/quality_cv.py ... on the GPU
+
+A recipe is the default configuration (what `coroseg train --data DIR` does) with --epochs /
+--image-size / --batch-size overrides; pretraining trains the same family on synthetic frames first and
+starts every fold from those weights (what `coroseg train --init` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from coroseg.config import TrainConfig
+from coroseg.data.dataset import load_training_data
+from coroseg.data.imageio import read_gray
+from coroseg.data.pairs import find_pairs, load_mask
+from coroseg.evaluation.metrics import image_metrics, mean_metrics
+from coroseg.inference.model_loading import LoadedModel
+from coroseg.inference.predictor import Predictor
+from coroseg.models import build_model
+from coroseg.training.trainer import best_model, seed_everything, train
+
+
+class Quiet:
+    """Training events that record nothing."""
+
+    def on_epoch_end(self, result, preview, history):
+        pass
+
+    def on_best(self, result, model, optimizer):
+        pass
+
+
+def fit(config: TrainConfig, data, device, init: dict | None):
+    seed_everything(config.seed)
+    model = build_model(config.model_family)
+    if init is not None:
+        model.load_state_dict(init)
+    result = train(config, data, model, device, Quiet())
+    return best_model(model, result), result
+
+
+def pretrain(config: TrainConfig, device, count: int, epochs: int) -> dict:
+    synthetic = replace(config, data="synthetic", synthetic_count=count, epochs=epochs, folds=1,
+                        batch_size=max(config.batch_size, 16))
+    model, result = fit(synthetic, load_training_data(synthetic)[0], device, None)
+    print(f"  pretraining: {count} synthetic frames, {epochs} epochs, val Dice {result.best_val_dice:.4f}", flush=True)
+    return copy.deepcopy(model.state_dict())
+
+
+def score_fold(model, config, device, pairs_by_name, val_names) -> list[dict]:
+    """Predict the fold's validation frames at their original size and score them."""
+    frames = [read_gray(pairs_by_name[n].image) for n in val_names]
+    truths = [load_mask(pairs_by_name[n].mask) for n in val_names]
+    loaded = LoadedModel(model.to(device).eval(), {"image_size": config.image_size}, "in-memory")
+    predictor = Predictor(loaded, batch_size=8)
+    masks = predictor.masks(predictor.probabilities(frames))
+    return [image_metrics(m, t) for m, t in zip(masks, truths)]
+
+
+def cross_validate(config: TrainConfig, device, init: dict | None) -> tuple[list[dict], float]:
+    t0 = time.perf_counter()
+    pairs_by_name = {p.image.name: p for p in find_pairs(config.data)}
+    folds = []
+    for i, data in enumerate(load_training_data(config), 1):
+        model, result = fit(config, data, device, init)
+        folds.append(mean_metrics(score_fold(model, config, device, pairs_by_name, data.val.names)))
+        print(f"  fold {i}: dice {folds[-1]['dice']:.4f} cldice {folds[-1]['cldice']:.4f} "
+              f"(val Dice at {config.image_size} px: {result.best_val_dice:.4f})", flush=True)
+    return folds, time.perf_counter() - t0
+
+
+def mean_sd(folds: list[dict], name: str) -> str:
+    values = [f[name] for f in folds]
+    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/cimat40_train"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[TrainConfig().epochs],
+                        help="one recipe per value (default: the default recipe's epochs)")
+    parser.add_argument("--image-size", type=int, default=TrainConfig().image_size)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--pretrain-count", type=int, default=400, help="synthetic frames for pretraining")
+    parser.add_argument("--pretrain-epochs", type=int, default=30)
+    parser.add_argument("--no-pretrain-runs", action="store_true", help="only the recipes without pretraining")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; torch {torch.__version__}; data {args.data}", flush=True)
+    base = TrainConfig(data=str(args.data), folds=args.folds, image_size=args.image_size,
+                       batch_size=args.batch_size, device=args.device, tracking=False)
+    init = None if args.no_pretrain_runs else pretrain(base, device, args.pretrain_count, args.pretrain_epochs)
+    rows = []
+    for epochs in args.epochs:
+        for weights, label in ((None, "no"), (init, "yes")):
+            if label == "yes" and init is None:
+                continue
+            config = replace(base, epochs=epochs, patience=epochs)
+            print(f"recipe: {epochs} epochs, {args.image_size} px, batch {args.batch_size}, pretrained: {label}",
+                  flush=True)
+            folds, seconds = cross_validate(config, device, weights)
+            rows.append((epochs, label, mean_sd(folds, "dice"), mean_sd(folds, "cldice"), mean_sd(folds, "hd95"),
+                         f"{seconds:.0f}"))
+    print(f"\n{args.folds}-fold cross-validation on {args.data.name}, {name}, image size {args.image_size}, "
+          f"batch {args.batch_size}")
+    print("| epochs | synthetic pretraining | Dice | clDice | HD95 (px) | wall s |\n| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(str(v) for v in row) + " |")
+
+
+if __name__ == "__main__":
+    main()
