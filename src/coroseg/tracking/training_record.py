@@ -14,7 +14,7 @@ from coroseg.config import TrainConfig, to_yaml
 from coroseg.data.dataset import TrainingData
 from coroseg.models import SegmentationModel, parameter_count
 from coroseg.training.checkpoint import sha256, weights_bytes
-from coroseg.training.postprocess import DEFAULT_MIN_COMPONENT_FRACTION, DEFAULT_THRESHOLD, choose_postprocessing
+from coroseg.training.postprocess import DEFAULT_MIN_COMPONENT_FRACTION, DEFAULT_THRESHOLD
 from coroseg.training.trainer import EpochResult, Preview, TrainResult
 from coroseg.tracking import layout
 from coroseg.tracking.environment import environment_params
@@ -147,9 +147,7 @@ class TrainingRecord:
     # -- end -----------------------------------------------------------------------------------
     def end(self, result: TrainResult, best: SegmentationModel, example: np.ndarray) -> None:
         last = result.history[-1].epoch if result.history else 0
-        self.postprocessing = result.postprocessing
-        if self.postprocessing is None and result.best_val_probabilities is not None:
-            self.postprocessing = choose_postprocessing(result.best_val_probabilities, self.data.val.masks)
+        self.postprocessing = result.postprocessing          # chosen by the trainer on the best epoch
         chosen = {}
         if self.postprocessing is not None:
             chosen = {"chosen_threshold": self.postprocessing["threshold"],
