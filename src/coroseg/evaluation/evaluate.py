@@ -14,8 +14,7 @@ from coroseg.errors import InputError
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
 from coroseg.inference.predict import InferenceOptions, InferenceSession, check_output
 from coroseg.tracking import layout
-from coroseg.tracking.record import new_record_dir, to_csv
-from coroseg.tracking.training_record import markdown_table
+from coroseg.tracking.record import markdown_rows, markdown_table, new_record_dir, to_csv
 
 log = logging.getLogger("coroseg")
 
@@ -39,10 +38,9 @@ def _worst(rows: list[dict]) -> list[dict]:
 
 
 def _summary_markdown(means: dict[str, float], images: int, worst: list[dict]) -> str:
-    lines = [f"| {w['image']} | {w['dice']:.4f} | [{w['comparison']}](../../{w['comparison']}) |" for w in worst]
+    rows = [{**w, "overlay": f"[{w['comparison']}](../../{w['comparison']})"} for w in worst]
     return ("# Evaluation\n\n" + markdown_table({**means, "images": images})
-            + f"\n## The {len(worst)} worst images by Dice\n\n| image | dice | overlay |\n| --- | --- | --- |\n"
-            + "\n".join(lines) + "\n")
+            + f"\n## The {len(worst)} worst images by Dice\n\n" + markdown_rows(rows, ["image", "dice", "overlay"]))
 
 
 def run_evaluation(options: InferenceOptions, data: str, data_format: str = "auto") -> EvaluationOutcome:

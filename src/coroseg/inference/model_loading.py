@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
+from coroseg.config import TrainConfig
 from coroseg.errors import InputError
 from coroseg.tracking.layout import WEIGHTS_FILE
 from coroseg.tracking.redact import redact_text
+from coroseg.training.postprocess import DEFAULT_MIN_COMPONENT_FRACTION, DEFAULT_THRESHOLD
 
 log = logging.getLogger("coroseg")
 
@@ -28,16 +30,16 @@ class LoadedModel:
 
     @property
     def image_size(self) -> int:
-        return int(self.metadata.get("image_size", 256))
+        return int(self.metadata.get("image_size", TrainConfig().image_size))
 
     @property
     def threshold(self) -> float:
-        return float(self.metadata.get("threshold", 0.5))
+        return float(self.metadata.get("threshold", DEFAULT_THRESHOLD))
 
     @property
     def min_component_fraction(self) -> float:
         """Vessel pieces smaller than this fraction of the frame area are dropped (0: older models)."""
-        return float(self.metadata.get("min_component_fraction", 0.0))
+        return float(self.metadata.get("min_component_fraction", DEFAULT_MIN_COMPONENT_FRACTION))
 
 
 def _local_copy(uri: str, tracking_uri: str | None) -> Path:

@@ -29,9 +29,8 @@ from coroseg.inference.predictor import Predictor
 from coroseg.tracking import layout
 from coroseg.tracking.base import make_tracker
 from coroseg.tracking.environment import environment, environment_params, resolve_device
-from coroseg.tracking.record import RunRecord
+from coroseg.tracking.record import RunRecord, markdown_table
 from coroseg.tracking.redact import redact_uri
-from coroseg.tracking.training_record import markdown_table
 from coroseg.visualize import comparison, png_bytes
 
 log = logging.getLogger("coroseg")
@@ -92,9 +91,12 @@ def unique_names(paths: list[Path]) -> list[str]:
     return names
 
 
+def image_frame(path: Path, name: str, truth: MaskSource | None) -> FrameInput:
+    return FrameInput(path, name, partial(read_gray, path), truth)
+
+
 def image_frames(paths: list[Path], truths: list[MaskSource | None]) -> list[FrameInput]:
-    return [FrameInput(path, name, partial(read_gray, path), truth)
-            for path, name, truth in zip(paths, unique_names(paths), truths)]
+    return [image_frame(path, name, truth) for path, name, truth in zip(paths, unique_names(paths), truths)]
 
 
 def dicom_frames(path: Path, name: str) -> list[FrameInput]:
@@ -113,7 +115,7 @@ def frames_to_predict(paths: list[Path]) -> list[FrameInput]:
             frames += dicom_frames(path, name)
         else:
             probe_image(path)
-            frames.append(FrameInput(path, name, partial(read_gray, path), ground_truth_for(path)))
+            frames.append(image_frame(path, name, ground_truth_for(path)))
     return frames
 
 
@@ -184,11 +186,12 @@ class InferenceSession:
         probabilities = self.predictor.probabilities(frames)
         per_file = (time.perf_counter() - t0) / len(inputs)
         results = []
-        for item, frame, probs, truth in zip(inputs, frames, probabilities, masks):
+        predicted = self.predictor.masks(probabilities)
+        for item, frame, probs, mask, truth in zip(inputs, frames, probabilities, predicted, masks):
             if truth is not None and truth.shape != frame.shape:
                 truth = None
                 log.warning("%s: ground truth size differs from the image; left out", item.source)
-            result = FileResult(item.source, item.name, probs, self.predictor.masks([probs])[0], truth, per_file)
+            result = FileResult(item.source, item.name, probs, mask, truth, per_file)
             self._write(result, frame, item.extra)
             results.append(result)
         return results

@@ -45,6 +45,27 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _fmt(value: Any, pattern: str | None = None) -> str:
+    if pattern is not None:
+        return pattern.format(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: dict[str, Any]) -> str:
+    """A key | value table."""
+    lines = ["| key | value |", "| --- | --- |"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_rows(rows: list[dict[str, Any]], columns: list[str], formats: dict[str, str] | None = None) -> str:
+    """A table of `columns`, one row per dict; `formats` overrides the format of some columns."""
+    formats = formats or {}
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r[c], formats.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def new_record_dir(base: str | Path, run_name: str) -> Path:
     """A fresh folder per run: an earlier record is never written over."""
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -18,21 +18,11 @@ from coroseg.training.postprocess import DEFAULT_MIN_COMPONENT_FRACTION, DEFAULT
 from coroseg.training.trainer import EpochResult, Preview, TrainResult
 from coroseg.tracking import layout
 from coroseg.tracking.environment import environment_params
-from coroseg.tracking.record import RunRecord, to_csv
+from coroseg.tracking.record import RunRecord, markdown_rows, markdown_table, to_csv
 from coroseg.tracking.redact import redact_uri
 from coroseg.visualize import comparison, png_bytes, training_curves
 
 THRESHOLD = 0.5                      # of the per-epoch previews; the model's own is chosen on validation
-
-
-def markdown_table(rows: dict[str, Any]) -> str:
-    lines = ["| key | value |", "| --- | --- |"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in rows.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def resolved_config(config: TrainConfig) -> dict[str, Any]:
@@ -253,7 +243,5 @@ def _model_markdown(summary: dict[str, Any], model: SegmentationModel) -> str:
 def _run_markdown(summary: dict[str, Any], history: list[dict[str, Any]]) -> str:
     cols = ["epoch", "train_loss", "val_loss", "val_dice", "val_cldice", "val_hd95", "learning_rate",
             "epoch_duration_seconds"]
-    table = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-    table += ["| " + " | ".join(_fmt(h[c]) if c != "learning_rate" else f"{h[c]:.2e}" for c in cols) + " |"
-              for h in history]
-    return f"# Training run\n\n{markdown_table(summary)}\n## Epochs\n\n" + "\n".join(table) + "\n"
+    table = markdown_rows(history, cols, {"learning_rate": "{:.2e}"})
+    return f"# Training run\n\n{markdown_table(summary)}\n## Epochs\n\n{table}"

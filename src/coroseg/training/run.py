@@ -18,8 +18,8 @@ from coroseg.tracking import layout
 from coroseg.tracking.base import Tracker, make_tracker
 from coroseg.tracking.environment import environment, resolve_device
 from coroseg.tracking.layout import MODEL_NAME, WEIGHTS_FILE
-from coroseg.tracking.record import RunRecord, new_record_dir, to_csv
-from coroseg.tracking.training_record import TrainingRecord, markdown_table, resolved_config, run_params
+from coroseg.tracking.record import RunRecord, markdown_rows, markdown_table, new_record_dir, to_csv
+from coroseg.tracking.training_record import TrainingRecord, resolved_config, run_params
 from coroseg.training.trainer import EpochResult, best_model, seed_everything, train
 
 log = logging.getLogger("coroseg")
@@ -160,11 +160,8 @@ def _cross_validate(config: TrainConfig, folds: list[TrainingData], device: torc
 
 
 def _cv_markdown(summary: dict[str, float], rows: list[dict]) -> str:
-    head = ["fold", "best_epoch", "best_val_dice", "val_loss_at_best", "run_id"]
-    table = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    table += ["| " + " | ".join(f"{r[h]:.4f}" if isinstance(r[h], float) else str(r[h]) for h in head) + " |"
-              for r in rows]
-    return "# Cross-validation\n\n" + markdown_table(summary) + "\n## Folds\n\n" + "\n".join(table) + "\n"
+    table = markdown_rows(rows, ["fold", "best_epoch", "best_val_dice", "val_loss_at_best", "run_id"])
+    return "# Cross-validation\n\n" + markdown_table(summary) + "\n## Folds\n\n" + table
 
 
 def run_training(config: TrainConfig) -> TrainingOutcome:
