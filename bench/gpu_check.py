@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from coroseg.data.dataset import load_training_data
 from coroseg.data.imageio import read_gray
 from coroseg.data.pairs import find_pairs, load_mask
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
-from coroseg.inference.model_loading import LoadedModel
+from coroseg.inference.model_loading import LoadedModel, model_metadata
 from coroseg.inference.predictor import Predictor
 from coroseg.models import build_model
 from coroseg.training.trainer import best_model, train
@@ -45,11 +46,12 @@ def augmentation_rate(device: torch.device, size: int, batch: int, repeats: int)
     augment = BatchAugmentation().to(device)
     images = torch.rand(batch, 1, size, size, device=device)
     masks = (torch.rand(batch, 1, size, size, device=device) > 0.95).float()
-    augment(images, masks)
+    fov = torch.ones_like(masks)
+    augment(images, masks, fov)
     sync(device)
     t0 = time.perf_counter()
     for _ in range(repeats):
-        augment(images, masks)
+        augment(images, masks, fov)
     sync(device)
     return batch * repeats / (time.perf_counter() - t0)
 
@@ -58,16 +60,17 @@ def real_dice(model, device, data_dir: Path, image_size: int) -> tuple[dict[str,
     pairs = find_pairs(data_dir)
     frames = [read_gray(p.image) for p in pairs]
     truths = [load_mask(p.mask) for p in pairs]
-    predictor = Predictor(LoadedModel(model.to(device).eval(), {"image_size": image_size}, "in-memory"), batch_size=8)
-    predictor.probabilities(frames[:8])                     # warm-up
+    metadata = model_metadata(replace(TrainConfig(), image_size=image_size), None)
+    predictor = Predictor(LoadedModel(model.to(device).eval(), metadata, "in-memory"), batch_size=8)
+    predictor.predict(frames[:8])                           # warm-up
     sync(device)
     t0 = time.perf_counter()
-    probs = []
+    predictions = []
     for i in range(0, len(frames), 8):
-        probs += predictor.probabilities(frames[i : i + 8])
+        predictions += predictor.predict(frames[i : i + 8])
     sync(device)
     rate = len(frames) / (time.perf_counter() - t0)
-    rows = [image_metrics(p > 0.5, t) for p, t in zip(probs, truths)]
+    rows = [image_metrics(p.mask, t, p.fov) for p, t in zip(predictions, truths)]
     return mean_metrics(rows), rate
 
 

@@ -29,7 +29,7 @@ from coroseg.data.dataset import load_training_data
 from coroseg.data.imageio import read_gray
 from coroseg.data.pairs import find_pairs, load_mask
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
-from coroseg.inference.model_loading import LoadedModel
+from coroseg.inference.model_loading import LoadedModel, model_metadata
 from coroseg.inference.predictor import Predictor
 from coroseg.models import build_model
 from coroseg.training.trainer import best_model, seed_everything, train
@@ -62,14 +62,14 @@ def pretrain(config: TrainConfig, device, count: int, epochs: int) -> dict:
     return copy.deepcopy(model.state_dict())
 
 
-def score_fold(model, config, device, pairs_by_name, val_names) -> list[dict]:
-    """Predict the fold's validation frames at their original size and score them."""
+def score_fold(model, config, result, device, pairs_by_name, val_names) -> list[dict]:
+    """Predict the fold's validation frames at their original size, as `coroseg predict` would with this
+    model (same preprocessing and chosen post-processing), and score them inside their field of view."""
     frames = [read_gray(pairs_by_name[n].image) for n in val_names]
     truths = [load_mask(pairs_by_name[n].mask) for n in val_names]
-    loaded = LoadedModel(model.to(device).eval(), {"image_size": config.image_size}, "in-memory")
-    predictor = Predictor(loaded, batch_size=8)
-    masks = predictor.masks(predictor.probabilities(frames))
-    return [image_metrics(m, t) for m, t in zip(masks, truths)]
+    loaded = LoadedModel(model.to(device).eval(), model_metadata(config, result.postprocessing), "in-memory")
+    predictions = Predictor(loaded, batch_size=8).predict(frames)
+    return [image_metrics(p.mask, t, p.fov) for p, t in zip(predictions, truths)]
 
 
 def cross_validate(config: TrainConfig, device, init: dict | None) -> tuple[list[dict], float]:
@@ -78,7 +78,7 @@ def cross_validate(config: TrainConfig, device, init: dict | None) -> tuple[list
     folds = []
     for i, data in enumerate(load_training_data(config), 1):
         model, result = fit(config, data, device, init)
-        folds.append(mean_metrics(score_fold(model, config, device, pairs_by_name, data.val.names)))
+        folds.append(mean_metrics(score_fold(model, config, result, device, pairs_by_name, data.val.names)))
         print(f"  fold {i}: dice {folds[-1]['dice']:.4f} cldice {folds[-1]['cldice']:.4f} "
               f"(val Dice at {config.image_size} px: {result.best_val_dice:.4f})", flush=True)
     return folds, time.perf_counter() - t0
@@ -113,7 +113,7 @@ def main() -> None:
         for weights, label in ((None, "no"), (init, "yes")):
             if label == "yes" and init is None:
                 continue
-            config = replace(base, epochs=epochs, patience=epochs)
+            config = replace(base, epochs=epochs)
             print(f"recipe: {epochs} epochs, {args.image_size} px, batch {args.batch_size}, pretrained: {label}",
                   flush=True)
             folds, seconds = cross_validate(config, device, weights)

@@ -58,11 +58,20 @@ def test_init_starts_from_another_runs_weights(trained, tmp_path, small_config):
     result = run_cli("train", "--config", small_config, "--epochs", 1, "--init", source, "--tracking-uri",
                      trained.store, "--learning-rate", 1e-9, "--run-name", "finetune", cwd=tmp_path)
     assert result.exit_code == 0, result.stderr
+    assert "saw frames prepared with" not in result.stderr          # same preprocessing: nothing to warn of
     # with a vanishing learning rate the fine-tuned weights stay those of the source model
     start = load_model(source, torch.device("cpu")).module.state_dict()
     tuned = load_weights(tmp_path / result.value("local_record") / "final_model/weights/model.safetensors",
                          build_model("unet")).state_dict()
     assert all(torch.allclose(start[k], tuned[k], atol=1e-4) for k in start if start[k].is_floating_point())
+
+
+def test_init_from_a_model_with_other_preprocessing_warns(trained, tmp_path, small_config):
+    result = run_cli("train", "--config", small_config, "--epochs", 1, "--init",
+                     f"runs:/{trained.run_id}/pytorch_model", "--tracking-uri", trained.store, "--clahe",
+                     "--no-tracking", cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert "saw frames prepared with Preprocessing(normalize=True, field_of_view=True, clahe=False)" in result.stderr
 
 
 def test_init_with_another_family_is_refused_before_the_run(trained, tmp_path, small_config):

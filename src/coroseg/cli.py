@@ -106,6 +106,8 @@ def _tracking_options(func):
 @click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
 @click.option("--init", default=None, help="Start from the weights of this model URI (e.g. synthetic pretraining, then fine-tuning).")
 @click.option("--folds", default=None, type=click.IntRange(min=1), help=_default("K > 1: K-fold cross-validation, a parent run with one nested run per fold.", "folds"))
+@click.option("--field-of-view/--no-field-of-view", "field_of_view", default=None, help=_default("Detect each frame's circular field of view; outside it: no loss, no metric, always background.", "field_of_view"))
+@click.option("--clahe/--no-clahe", default=None, help=_default("Contrast-limited adaptive histogram equalisation of every frame (predict does the same).", "clahe"))
 @click.option("--loss", default=None, type=click.Choice(list(LOSSES)), help=_default("Training loss.", "loss"))
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help=_default("Maximum epochs.", "epochs"))
 @click.option("--image-size", default=None, type=click.IntRange(min=32), help=_default("Frames are resized to this side.", "image_size"))

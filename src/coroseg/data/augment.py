@@ -26,13 +26,16 @@ def build_augmentation() -> nn.Module:
 
 
 class BatchAugmentation(nn.Module):
-    """Frames and masks in, augmented frames (clipped to [0,1]) and binary masks out."""
+    """Frames, masks and fields of view in; augmented frames (clipped to [0,1]), binary masks and fields
+    of view out. The FOV moves with the geometry, and the zeros the affine pads in fall outside it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.pipeline = build_augmentation()
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images, masks = self.pipeline(images, masks)
-        return images.clamp_(0.0, 1.0), (masks > 0.5).to(images.dtype)
+    def forward(self, images: torch.Tensor, masks: torch.Tensor,
+                fov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, both = self.pipeline(images, torch.cat([masks, fov], dim=1))
+        both = (both > 0.5).to(images.dtype)
+        return images.clamp_(0.0, 1.0), both[:, :1], both[:, 1:]

@@ -1,4 +1,5 @@
-"""The training data: frames and masks from a source, checked, resized, split, held as tensors.
+"""The training data: frames and masks from a source, checked, prepared (data/preprocess.py), resized,
+split, held as tensors.
 
 All frames fit in memory (public sets hold tens to hundreds of frames), so batches are slices of
 one tensor and augmentation runs on the training device (see augment.py).
@@ -17,15 +18,19 @@ import torch.nn.functional as F
 from coroseg.config import TrainConfig
 from coroseg.data.imageio import read_gray
 from coroseg.data.pairs import announce, checked_scan, load_mask
+from coroseg.data.preprocess import Preprocessing, prepare
 from coroseg.errors import InputError
 
 
 @dataclass
 class Frames:
-    """Frames (N,1,S,S) float32 in [0,1], masks (N,1,S,S) float32 0/1, and their names."""
+    """Prepared frames (N,1,S,S) float32 in [0,1], masks and fields of view (N,1,S,S) float32 0/1, names.
+
+    Masks hold no vessel outside the field of view (there is nothing to see there)."""
 
     images: torch.Tensor
     masks: torch.Tensor
+    fov: torch.Tensor
     names: list[str]
 
     def __len__(self) -> int:
@@ -33,7 +38,7 @@ class Frames:
 
     def subset(self, index: np.ndarray) -> "Frames":
         idx = torch.as_tensor(index, dtype=torch.long)
-        return Frames(self.images[idx], self.masks[idx], [self.names[i] for i in index])
+        return Frames(self.images[idx], self.masks[idx], self.fov[idx], [self.names[i] for i in index])
 
 
 @dataclass
@@ -118,6 +123,20 @@ def splits(config: TrainConfig, count: int) -> list[tuple[np.ndarray, np.ndarray
     return [split_indices(count, config.val_fraction, config.seed)]
 
 
+def preprocessing_of(config: TrainConfig) -> Preprocessing:
+    return Preprocessing(field_of_view=config.field_of_view, clahe=config.clahe)
+
+
+def _prepared_frames(images: list[np.ndarray], masks: list[np.ndarray], names: list[str],
+                     config: TrainConfig) -> Frames:
+    settings = preprocessing_of(config)
+    prepared = [prepare(image, settings) for image in images]
+    inputs, fovs = [p[0] for p in prepared], [p[1] for p in prepared]
+    size = config.image_size
+    return Frames(_stack(inputs, size, False), _stack([m & f for m, f in zip(masks, fovs)], size, True),
+                  _stack(fovs, size, True), names)
+
+
 def load_training_data(config: TrainConfig) -> list[TrainingData]:
     """The data of each split (one, or one per cross-validation fold)."""
     if config.data == "synthetic":
@@ -128,6 +147,6 @@ def load_training_data(config: TrainConfig) -> list[TrainingData]:
         source = str(Path(config.data).resolve())
     if len(names) < 2:
         raise InputError(f"{config.data}: need at least 2 image/mask pairs to train and validate, found {len(names)}")
-    frames = Frames(_stack(images, config.image_size, False), _stack(masks, config.image_size, True), names)
+    frames = _prepared_frames(images, masks, names, config)
     digest = _digest(images, masks)
     return [TrainingData(frames.subset(t), frames.subset(v), source, digest) for t, v in splits(config, len(frames))]

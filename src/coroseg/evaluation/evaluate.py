@@ -58,7 +58,7 @@ def run_evaluation(options: InferenceOptions, data: str, data_format: str = "aut
     try:
         session.log_params([p.image for p in pairs], {"data": str(data)})
         results = session.run([p.image for p in pairs], [p.mask for p in pairs])
-        rows = [{"image": r.name, **image_metrics(r.mask, r.truth)} for r in results]
+        rows = [{"image": r.name, **image_metrics(r.mask, r.truth, r.fov)} for r in results]
         means = mean_metrics(rows)
         session.tracker.log_metrics(means)
         session.record.write_text("per_image_metrics", "metrics.csv", to_csv(rows))

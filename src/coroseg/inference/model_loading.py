@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from coroseg.config import TrainConfig
+from coroseg.data.dataset import preprocessing_of
 from coroseg.errors import InputError
 from coroseg.tracking.layout import WEIGHTS_FILE
 from coroseg.tracking.redact import redact_text
@@ -40,6 +41,23 @@ class LoadedModel:
     def min_component_fraction(self) -> float:
         """Vessel pieces smaller than this fraction of the frame area are dropped (0: older models)."""
         return float(self.metadata.get("min_component_fraction", DEFAULT_MIN_COMPONENT_FRACTION))
+
+
+def model_metadata(config: TrainConfig, postprocessing: dict[str, Any] | None) -> dict[str, Any]:
+    """What `predict` needs to use the model as it was trained."""
+    from coroseg.models import family
+
+    chosen = postprocessing or {}
+    return {
+        "model_family": config.model_family,
+        "image_size": config.image_size,
+        "divisor": family(config.model_family).divisor,
+        "threshold": float(chosen.get("threshold", DEFAULT_THRESHOLD)),
+        "min_component_fraction": float(chosen.get("min_component_fraction", DEFAULT_MIN_COMPONENT_FRACTION)),
+        "preprocessing": preprocessing_of(config).to_metadata(),
+        "input": "float32 (N,1,H,W) grayscale frames prepared by coroseg.data.preprocess.prepare",
+        "output": "float32 (N,1,H,W) vessel probabilities",
+    }
 
 
 def _local_copy(uri: str, tracking_uri: str | None) -> Path:

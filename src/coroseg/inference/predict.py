@@ -66,6 +66,7 @@ class FileResult:
     name: str
     probabilities: np.ndarray
     mask: np.ndarray
+    fov: np.ndarray
     truth: np.ndarray | None
     seconds: float
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -158,6 +159,7 @@ class InferenceSession:
             "batch_size": self.options.batch_size,
             "threshold": self.model.threshold,
             "min_component_fraction": self.model.min_component_fraction,
+            **{f"preprocessing_{k}": v for k, v in self.predictor.preprocessing.to_metadata().items()},
             "model_family": self.model.metadata.get("model_family"),
             "files": len(inputs),
             **extra,
@@ -183,15 +185,15 @@ class InferenceSession:
         frames = [item.read() for item in inputs]
         masks = [load_mask(item.truth) if item.truth is not None else None for item in inputs]
         t0 = time.perf_counter()
-        probabilities = self.predictor.probabilities(frames)
+        predictions = self.predictor.predict(frames)
         per_file = (time.perf_counter() - t0) / len(inputs)
         results = []
-        predicted = self.predictor.masks(probabilities)
-        for item, frame, probs, mask, truth in zip(inputs, frames, probabilities, predicted, masks):
+        for item, frame, prediction, truth in zip(inputs, frames, predictions, masks):
             if truth is not None and truth.shape != frame.shape:
                 truth = None
                 log.warning("%s: ground truth size differs from the image; left out", item.source)
-            result = FileResult(item.source, item.name, probs, mask, truth, per_file)
+            result = FileResult(item.source, item.name, prediction.probabilities, prediction.mask, prediction.fov,
+                                truth, per_file)
             self._write(result, frame, item.extra)
             results.append(result)
         return results
@@ -205,6 +207,7 @@ class InferenceSession:
             "height": height,
             "inference_seconds": round(result.seconds, 4),
             "vessel_fraction": float(result.mask.mean()),
+            "field_of_view_fraction": float(result.fov.mean()),
             "threshold": self.model.threshold,
             "min_component_fraction": self.model.min_component_fraction,
             "resolution": self.predictor.resolution,

@@ -1,16 +1,28 @@
-"""Batched prediction: frames are resized to the working resolution, run through MONAI's sliding-window
-inference with the training size as window, and the probabilities are mapped back to each frame's size."""
+"""Batched prediction: each frame is prepared as in training (data/preprocess.py), resized to the working
+resolution and run through MONAI's sliding-window inference with the training size as window; the
+probabilities are mapped back to the frame's own size and set to 0 outside its field of view."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from coroseg.data.dataset import resize_image
+from coroseg.data.preprocess import Preprocessing, prepare
 from coroseg.inference.model_loading import LoadedModel
 from coroseg.training.postprocess import apply_postprocessing
+
+
+@dataclass
+class Prediction:
+    """One frame's vessel probabilities (float32), mask and field of view (bool), all at the frame's size."""
+
+    probabilities: np.ndarray
+    mask: np.ndarray
+    fov: np.ndarray
 
 
 class Predictor:
@@ -19,6 +31,7 @@ class Predictor:
         self.resolution = resolution or model.image_size
         self.window = min(model.image_size, self.resolution)
         self.batch_size = batch_size
+        self.preprocessing = Preprocessing.from_metadata(model.metadata)
         self.device = next(model.module.parameters()).device
 
     def _autocast(self):
@@ -26,20 +39,30 @@ class Predictor:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def predict(self, frames: list[np.ndarray]) -> list[Prediction]:
+        """Frames as read (float32 (H, W), any sizes) to their predictions."""
+        prepared = [prepare(frame, self.preprocessing) for frame in frames]
+        probabilities = self.probabilities([image for image, _ in prepared])
+        predictions = []
+        for probs, (_, fov) in zip(probabilities, prepared):
+            probs[~fov] = 0.0
+            predictions.append(Prediction(probs, self.masks([probs])[0], fov))
+        return predictions
+
     @torch.no_grad()
-    def probabilities(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-        """Vessel probability maps, float32, each the size of its frame."""
+    def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Vessel probability maps of prepared frames, float32, each the size of its frame."""
         from monai.inferers import sliding_window_inference
 
         side = (self.resolution, self.resolution)
-        batch = torch.cat([resize_image(torch.from_numpy(f)[None, None], side) for f in frames]).to(self.device)
+        batch = torch.cat([resize_image(torch.from_numpy(f)[None, None], side) for f in images]).to(self.device)
         with self._autocast():
             probs = sliding_window_inference(
                 batch, roi_size=(self.window, self.window), sw_batch_size=self.batch_size,
                 predictor=self.model.module, overlap=0.25, mode="gaussian",
             )
         probs = probs.float().cpu()
-        return [resize_image(p[None], f.shape).clamp_(0, 1)[0, 0].numpy() for p, f in zip(probs, frames)]
+        return [resize_image(p[None], f.shape).clamp_(0, 1)[0, 0].numpy() for p, f in zip(probs, images)]
 
     def masks(self, probabilities: list[np.ndarray]) -> list[np.ndarray]:
         """Boolean vessel masks: the model's threshold, then its small-piece removal (chosen on validation at

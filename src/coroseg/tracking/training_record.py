@@ -12,6 +12,7 @@ import torch
 
 from coroseg.config import TrainConfig, to_yaml
 from coroseg.data.dataset import TrainingData
+from coroseg.inference.model_loading import model_metadata
 from coroseg.models import SegmentationModel, parameter_count
 from coroseg.training.checkpoint import sha256, weights_bytes
 from coroseg.training.postprocess import DEFAULT_MIN_COMPONENT_FRACTION, DEFAULT_THRESHOLD
@@ -164,18 +165,7 @@ class TrainingRecord:
         self.tracker.finish(status)
 
     def model_metadata(self) -> dict[str, Any]:
-        """What `predict` needs to use the model as it was trained."""
-        from coroseg.models import family
-
-        return {
-            "model_family": self.config.model_family,
-            "image_size": self.config.image_size,
-            "divisor": family(self.config.model_family).divisor,
-            "threshold": self._chosen("threshold", DEFAULT_THRESHOLD),
-            "min_component_fraction": self._chosen("min_component_fraction", DEFAULT_MIN_COMPONENT_FRACTION),
-            "input": "float32 (N,1,H,W) grayscale frames scaled to [0,1]",
-            "output": "float32 (N,1,H,W) vessel probabilities",
-        }
+        return model_metadata(self.config, self.postprocessing)
 
     def _chosen(self, key: str, default: float) -> float:
         return float(self.postprocessing[key]) if self.postprocessing is not None else default

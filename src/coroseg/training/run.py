@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from coroseg.config import TrainConfig, to_yaml
-from coroseg.data.dataset import TrainingData, load_training_data
+from coroseg.data.dataset import TrainingData, load_training_data, preprocessing_of
+from coroseg.data.preprocess import Preprocessing
 from coroseg.models import build_model, family
 from coroseg.tracking import layout
 from coroseg.tracking.base import Tracker, make_tracker
@@ -67,6 +68,10 @@ def _initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     family_there = loaded.metadata.get("model_family")
     if family_there != config.model_family:
         raise InputError(f"--init {config.init}: a {family_there} model cannot start a {config.model_family} training")
+    there, here = Preprocessing.from_metadata(loaded.metadata), preprocessing_of(config)
+    if there != here:   # allowed (fine-tuning adapts), but the user should know the inputs differ
+        log.warning("--init %s: that model saw frames prepared with %s; this training prepares them with %s",
+                    config.init, there, here)
     return {k: v.detach().clone() for k, v in loaded.module.state_dict().items()}
 
 

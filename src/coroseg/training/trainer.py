@@ -105,6 +105,17 @@ def _optimizer_and_schedule(config: TrainConfig, model: torch.nn.Module, steps_p
     return optimizer, schedule
 
 
+# Logit given to pixels outside the field of view: its sigmoid is ~2e-9, so such a pixel (whose mask is 0)
+# adds nothing to any loss, and masked_fill passes it no gradient.
+OUTSIDE_FOV_LOGIT = -20.0
+
+
+def _fov_logits(model: SegmentationModel, images: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
+    with _autocast(images.device):
+        logits = model.logits(images)
+    return logits.float().masked_fill(fov < 0.5, OUTSIDE_FOV_LOGIT)
+
+
 def _train_epoch(model, frames: Frames, config, optimizer, schedule, augment, loss_fn, device, epoch) -> float:
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
@@ -116,11 +127,10 @@ def _train_epoch(model, frames: Frames, config, optimizer, schedule, augment, lo
     for idx in progress:
         images = frames.images[idx].to(device, non_blocking=True)
         masks = frames.masks[idx].to(device, non_blocking=True)
+        fov = frames.fov[idx].to(device, non_blocking=True)
         if augment is not None:
-            images, masks = augment(images, masks)
-        with _autocast(device):
-            logits = model.logits(images)
-        loss = loss_fn(logits.float(), masks)
+            images, masks, fov = augment(images, masks, fov)
+        loss = loss_fn(_fov_logits(model, images, fov), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -133,13 +143,14 @@ def _train_epoch(model, frames: Frames, config, optimizer, schedule, augment, lo
 VESSEL_METRICS = ("cldice", "hd95", "assd", "component_error", "sensitivity", "specificity", "precision", "iou")
 
 
-def vessel_metrics(probabilities: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
-    """`val_<name>` for each of VESSEL_METRICS: means over frames of the thresholded (0.5) predictions."""
+def vessel_metrics(probabilities: torch.Tensor, frames: Frames) -> dict[str, float]:
+    """`val_<name>` for each of VESSEL_METRICS: means over frames of the thresholded (0.5) predictions,
+    inside each frame's field of view."""
     from coroseg.evaluation.metrics import image_metrics, mean_metrics
 
     predictions = probabilities[:, 0].numpy() > 0.5
-    truths = masks[:, 0].numpy() > 0.5
-    means = mean_metrics([image_metrics(p, t) for p, t in zip(predictions, truths)])
+    truths, fovs = frames.masks[:, 0].numpy() > 0.5, frames.fov[:, 0].numpy() > 0.5
+    means = mean_metrics([image_metrics(p, t, f) for p, t, f in zip(predictions, truths, fovs)])
     return {f"val_{name}": means[name] for name in VESSEL_METRICS}
 
 
@@ -153,9 +164,7 @@ def _validate(model, frames: Frames, config, loss_fn, device) -> tuple[float, fl
     for start in range(0, len(frames), config.batch_size):
         images = frames.images[start : start + config.batch_size].to(device)
         masks = frames.masks[start : start + config.batch_size].to(device)
-        with _autocast(device):
-            logits = model.logits(images)
-        logits = logits.float()
+        logits = _fov_logits(model, images, frames.fov[start : start + config.batch_size].to(device))
         total += loss_fn(logits, masks).item() * len(images)
         probs = torch.sigmoid(logits)
         dice(y_pred=(probs > 0.5).float(), y=masks)
@@ -188,7 +197,7 @@ def train(
         train_loss = _train_epoch(model, data.train, config, optimizer, schedule, augment, loss_fn, device, epoch)
         t_train = time.perf_counter() - t0
         val_loss, val_dice, probabilities = _validate(model, data.val, config, loss_fn, device)
-        vessel = vessel_metrics(probabilities, data.val.masks)
+        vessel = vessel_metrics(probabilities, data.val)
         epoch_result = EpochResult(epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"],
                                    time.perf_counter() - t0, len(data.train) / t_train, **vessel)
         epoch_result.is_best = val_dice > result.best_val_dice
