@@ -9,7 +9,7 @@ runs on a bare GPU machine with torch, MONAI and kornia (bench/gpu.sh) as well a
     bash bench/gpu.sh  (see bench/README.md; runs bench/gpu_check.py) or python3 bench/quality_cv.py ... on the GPU
 
 A recipe is the default configuration (what `coroseg train --data DIR` does) with --epochs /
---image-size / --batch-size overrides; pretraining trains the same family on synthetic frames first and
+--image-size / --batch-size / --loss overrides; pretraining trains the same family on synthetic frames first and
 starts every fold from those weights (what `coroseg train --init` does).
 """
 
@@ -62,25 +62,29 @@ def pretrain(config: TrainConfig, device, count: int, epochs: int) -> dict:
     return copy.deepcopy(model.state_dict())
 
 
-def score_fold(model, config, result, device, pairs_by_name, val_names) -> list[dict]:
+def score_fold(model, config, result, device, pairs_by_name, val_names, tta: bool) -> list[dict]:
     """Predict the fold's validation frames at their original size, as `coroseg predict` would with this
     model (same preprocessing and chosen post-processing), and score them inside their field of view."""
     frames = [read_gray(pairs_by_name[n].image) for n in val_names]
     truths = [load_mask(pairs_by_name[n].mask) for n in val_names]
     loaded = LoadedModel(model.to(device).eval(), model_metadata(config, result.postprocessing), "in-memory")
-    predictions = Predictor(loaded, batch_size=8).predict(frames)
+    predictions = Predictor(loaded, batch_size=8, tta=tta).predict(frames)
     return [image_metrics(p.mask, t, p.fov) for p, t in zip(predictions, truths)]
 
 
-def cross_validate(config: TrainConfig, device, init: dict | None) -> tuple[list[dict], float]:
+def cross_validate(config: TrainConfig, device, init: dict | None) -> tuple[dict[bool, list[dict]], float]:
+    """Per-fold mean metrics, scored without (False) and with (True) flip test-time augmentation."""
     t0 = time.perf_counter()
     pairs_by_name = {p.image.name: p for p in find_pairs(config.data)}
-    folds = []
+    folds: dict[bool, list[dict]] = {False: [], True: []}
     for i, data in enumerate(load_training_data(config), 1):
         model, result = fit(config, data, device, init)
-        folds.append(mean_metrics(score_fold(model, config, result, device, pairs_by_name, data.val.names)))
-        print(f"  fold {i}: dice {folds[-1]['dice']:.4f} cldice {folds[-1]['cldice']:.4f} "
-              f"(val Dice at {config.image_size} px: {result.best_val_dice:.4f})", flush=True)
+        for tta in folds:
+            folds[tta].append(mean_metrics(score_fold(model, config, result, device, pairs_by_name,
+                                                      data.val.names, tta)))
+        print(f"  fold {i}: dice {folds[False][-1]['dice']:.4f} cldice {folds[False][-1]['cldice']:.4f} "
+              f"(with TTA {folds[True][-1]['dice']:.4f} / {folds[True][-1]['cldice']:.4f}; "
+              f"val Dice at {config.image_size} px: {result.best_val_dice:.4f})", flush=True)
     return folds, time.perf_counter() - t0
 
 
@@ -98,6 +102,7 @@ def main() -> None:
                         help="one recipe per value (default: the default recipe's epochs)")
     parser.add_argument("--image-size", type=int, default=TrainConfig().image_size)
     parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--loss", default=TrainConfig().loss)
     parser.add_argument("--pretrain-count", type=int, default=400, help="synthetic frames for pretraining")
     parser.add_argument("--pretrain-epochs", type=int, default=30)
     parser.add_argument("--no-pretrain-runs", action="store_true", help="only the recipes without pretraining")
@@ -106,7 +111,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; data {args.data}", flush=True)
     base = TrainConfig(data=str(args.data), folds=args.folds, image_size=args.image_size,
-                       batch_size=args.batch_size, device=args.device, tracking=False)
+                       batch_size=args.batch_size, loss=args.loss, device=args.device, tracking=False)
     init = None if args.no_pretrain_runs else pretrain(base, device, args.pretrain_count, args.pretrain_epochs)
     rows = []
     for epochs in args.epochs:
@@ -117,11 +122,13 @@ def main() -> None:
             print(f"recipe: {epochs} epochs, {args.image_size} px, batch {args.batch_size}, pretrained: {label}",
                   flush=True)
             folds, seconds = cross_validate(config, device, weights)
-            rows.append((epochs, label, mean_sd(folds, "dice"), mean_sd(folds, "cldice"), mean_sd(folds, "hd95"),
-                         f"{seconds:.0f}"))
+            for tta, scored in folds.items():
+                rows.append((epochs, label, "flips" if tta else "no", mean_sd(scored, "dice"),
+                             mean_sd(scored, "cldice"), mean_sd(scored, "hd95"), f"{seconds:.0f}"))
     print(f"\n{args.folds}-fold cross-validation on {args.data.name}, {name}, image size {args.image_size}, "
-          f"batch {args.batch_size}")
-    print("| epochs | synthetic pretraining | Dice | clDice | HD95 (px) | wall s |\n| --- | --- | --- | --- | --- | --- |")
+          f"batch {args.batch_size}, loss {args.loss}")
+    print("| epochs | synthetic pretraining | test-time augmentation | Dice | clDice | HD95 (px) | wall s |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print("| " + " | ".join(str(v) for v in row) + " |")
 

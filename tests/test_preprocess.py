@@ -186,7 +186,30 @@ def test_training_records_preprocessing_that_predict_then_applies(tmp_path, smal
     recorded = Model.load(str(model_dir)).metadata["preprocessing"]
     assert recorded == {"normalize": True, "field_of_view": False, "clahe": True}
     out = tmp_path / "pred"
-    predicted = run_cli("predict", "--model", model_dir, "--input", pairs_dir, "--output", out, "--no-tracking")
+    predicted = run_cli("predict", "--model", model_dir, "--input", pairs_dir, "--output", out, "--no-tracking",
+                        "--tta")
     assert predicted.exit_code == 0, predicted.stderr
     metadata = json.loads(next((out / "predictions" / "metadata").glob("*.json")).read_text())
     assert metadata["field_of_view_fraction"] == 1.0
+    assert json.loads((out / "inference" / "summary" / "summary.json").read_text())["tta"] is True
+
+
+class _LeftToRightRamp(torch.nn.Module):
+    """A 'network' whose answer depends on position only: 0 at the left edge, 1 at the right."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(0, 1, x.shape[-1], device=x.device) * self.p
+        return ramp.expand_as(x).contiguous()
+
+
+def test_flip_test_time_augmentation_averages_the_mirror_images():
+    frame = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    model = LoadedModel(_LeftToRightRamp(), {"image_size": 64}, "in-memory")
+    plain = Predictor(model).predict([frame])[0].probabilities
+    assert plain[:, 0].max() < 0.05 and plain[:, -1].min() > 0.95
+    averaged = Predictor(model, tta=True).predict([frame])[0].probabilities
+    assert np.allclose(averaged, 0.5, atol=1e-5)   # the ramp and its mirror image cancel out

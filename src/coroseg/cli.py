@@ -153,24 +153,30 @@ def check_data_command(folder: str, data_format: str) -> None:
     sys.exit(1 if report.problems else 0)
 
 
+def _inference_options(func):
+    func = click.option("--tta", is_flag=True, help="Test-time augmentation: average over the frame and its 3 mirror images (4x the time).")(func)
+    func = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))(func)
+    func = click.option("--resolution", default=None, type=click.IntRange(min=16),
+                        help="Side frames are resized to before inference.  [default: the model's training size]")(func)
+    return click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))(func)
+
+
 @main.command()
 @click.option("--model", "model_uri", required=True, help="runs:/<run_id>/pytorch_model, models:/<name>/<version>, or a local MLflow model folder.")
 @click.option("--input", "input_path", required=True, type=click.Path(), help="An image file or a folder of images (*_gt masks beside them are not inputs).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for masks, overlays and per-file JSON.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--resolution", default=None, type=click.IntRange(min=16), help="Side frames are resized to before inference.  [default: the model's training size]")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@_inference_options
 @click.option("--overwrite", is_flag=True, help="Allow writing into an --output that already holds predictions.")
 @_tracking_options
 @click.option("--no-tracking", is_flag=True, help="Write the outputs only; record no MLflow run.")
 @user_errors
-def predict(model_uri, input_path, output, batch_size, resolution, device, overwrite, tracking_uri, experiment,
+def predict(model_uri, input_path, output, batch_size, resolution, device, tta, overwrite, tracking_uri, experiment,
             no_tracking) -> None:
     """Segment vessels in new frames; the run is recorded with the inference layout."""
     from coroseg.inference.predict import InferenceOptions, run_prediction
 
     options = InferenceOptions(model_uri, output, batch_size, resolution, device, overwrite, tracking_uri,
-                               experiment or _DEFAULTS.experiment, not no_tracking)
+                               experiment or _DEFAULTS.experiment, not no_tracking, tta)
     outcome = run_prediction(options, input_path)
     _print_run(outcome.run_id, outcome.tracking_failed, [f"files_processed: {outcome.files}", f"output: {output}"])
 
@@ -180,19 +186,18 @@ def predict(model_uri, input_path, output, batch_size, resolution, device, overw
 @click.option("--data", required=True, type=click.Path(), help="Folder of N.png + N_gt.png (or images/ + masks/, DCA1, ARCADE).")
 @click.option("--data-format", default="auto", show_default=True, type=click.Choice(FORMATS), help=_FORMAT_HELP)
 @click.option("--output", default=None, type=click.Path(file_okay=False), help="Folder for predictions and per-image metrics.  [default: coroseg_runs/DATE-evaluate]")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--resolution", default=None, type=click.IntRange(min=16), help="[default: the model's training size]")
-@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@_inference_options
 @_tracking_options
 @click.option("--no-tracking", is_flag=True, help="Write the outputs only; record no MLflow run.")
 @user_errors
-def evaluate(model_uri, data, data_format, output, batch_size, resolution, device, tracking_uri, experiment, no_tracking) -> None:
+def evaluate(model_uri, data, data_format, output, batch_size, resolution, device, tta, tracking_uri, experiment,
+             no_tracking) -> None:
     """Predict on labelled frames and record Dice, IoU, precision and recall per image and on average."""
     from coroseg.evaluation.evaluate import run_evaluation
     from coroseg.inference.predict import InferenceOptions
 
     options = InferenceOptions(model_uri, output, batch_size, resolution, device, False, tracking_uri,
-                               experiment or _DEFAULTS.experiment, not no_tracking)
+                               experiment or _DEFAULTS.experiment, not no_tracking, tta)
     outcome = run_evaluation(options, data, data_format)
     lines = [f"{k}: {v:.4f}" for k, v in outcome.means.items()] + [f"output: {outcome.output}"]
     _print_run(outcome.run_id, outcome.tracking_failed, lines)

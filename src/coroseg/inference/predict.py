@@ -47,6 +47,7 @@ class InferenceOptions:
     tracking_uri: str | None = None
     experiment: str = "coroseg"
     tracking: bool = True
+    tta: bool = False                  # flip test-time augmentation (Predictor.FLIPS)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class InferenceSession:
         self.options, self.output = options, output
         self.device = resolve_device(options.device)
         self.model: LoadedModel = load_model(options.model_uri, self.device, options.tracking_uri)
-        self.predictor = Predictor(self.model, options.resolution, options.batch_size)
+        self.predictor = Predictor(self.model, options.resolution, options.batch_size, options.tta)
         output.mkdir(parents=True, exist_ok=True)
         self.tracker = make_tracker(options.tracking, options.tracking_uri, options.experiment, output)
         self.record = RunRecord(output, self.tracker)
@@ -157,6 +158,7 @@ class InferenceSession:
             "model_uri": redact_uri(self.options.model_uri),
             "device": str(self.device),
             "batch_size": self.options.batch_size,
+            "tta": self.options.tta,
             "threshold": self.model.threshold,
             "min_component_fraction": self.model.min_component_fraction,
             **{f"preprocessing_{k}": v for k, v in self.predictor.preprocessing.to_metadata().items()},
@@ -236,6 +238,7 @@ class InferenceSession:
             "device": str(self.device),
             "device_name": self.env["device_name"],
             "resolution": self.predictor.resolution,
+            "tta": self.options.tta,
             "files": [r.metadata for r in results],
             **(extra or {}),
             "run_id": self.tracker.run_id,

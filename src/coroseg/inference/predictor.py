@@ -25,9 +25,15 @@ class Prediction:
     fov: np.ndarray
 
 
+# Test-time augmentation: the mean over the frame and its mirror images (the flips of training).
+FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+
+
 class Predictor:
-    def __init__(self, model: LoadedModel, resolution: int | None = None, batch_size: int = 4) -> None:
+    def __init__(self, model: LoadedModel, resolution: int | None = None, batch_size: int = 4,
+                 tta: bool = False) -> None:
         self.model = model
+        self.tta = tta
         self.resolution = resolution or model.image_size
         self.window = min(model.image_size, self.resolution)
         self.batch_size = batch_size
@@ -56,12 +62,16 @@ class Predictor:
 
         side = (self.resolution, self.resolution)
         batch = torch.cat([resize_image(torch.from_numpy(f)[None, None], side) for f in images]).to(self.device)
-        with self._autocast():
-            probs = sliding_window_inference(
-                batch, roi_size=(self.window, self.window), sw_batch_size=self.batch_size,
-                predictor=self.model.module, overlap=0.25, mode="gaussian",
-            )
-        probs = probs.float().cpu()
+        probs = torch.zeros_like(batch)
+        flips = FLIPS if self.tta else FLIPS[:1]
+        for dims in flips:
+            with self._autocast():
+                flipped = sliding_window_inference(
+                    batch.flip(dims) if dims else batch, roi_size=(self.window, self.window),
+                    sw_batch_size=self.batch_size, predictor=self.model.module, overlap=0.25, mode="gaussian",
+                )
+            probs += (flipped.flip(dims) if dims else flipped).float()
+        probs = (probs / len(flips)).cpu()
         return [resize_image(p[None], f.shape).clamp_(0, 1)[0, 0].numpy() for p, f in zip(probs, images)]
 
     def masks(self, probabilities: list[np.ndarray]) -> list[np.ndarray]:
