@@ -9,7 +9,7 @@ runs on a bare GPU machine with torch, MONAI and kornia (bench/gpu.sh) as well a
     bash bench/gpu.sh  (see bench/README.md; runs bench/gpu_check.py) or python3 bench/quality_cv.py ... on the GPU
 
 A recipe is the default configuration (what `coroseg train --data DIR` does) with --epochs /
---image-size / --batch-size / --loss overrides; pretraining trains the same family on synthetic frames first and
+--image-size / --batch-size / --loss / --clahe overrides; pretraining trains the same family on synthetic frames first and
 starts every fold from those weights (what `coroseg train --init` does).
 """
 
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=TrainConfig().image_size)
     parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     parser.add_argument("--loss", default=TrainConfig().loss)
+    parser.add_argument("--clahe", action="store_true", help="train and predict with CLAHE")
     parser.add_argument("--pretrain-count", type=int, default=400, help="synthetic frames for pretraining")
     parser.add_argument("--pretrain-epochs", type=int, default=30)
     parser.add_argument("--no-pretrain-runs", action="store_true", help="only the recipes without pretraining")
@@ -111,7 +112,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; data {args.data}", flush=True)
     base = TrainConfig(data=str(args.data), folds=args.folds, image_size=args.image_size,
-                       batch_size=args.batch_size, loss=args.loss, device=args.device, tracking=False)
+                       batch_size=args.batch_size, loss=args.loss, clahe=args.clahe, device=args.device,
+                       tracking=False)
     init = None if args.no_pretrain_runs else pretrain(base, device, args.pretrain_count, args.pretrain_epochs)
     rows = []
     for epochs in args.epochs:
@@ -126,7 +128,7 @@ def main() -> None:
                 rows.append((epochs, label, "flips" if tta else "no", mean_sd(scored, "dice"),
                              mean_sd(scored, "cldice"), mean_sd(scored, "hd95"), f"{seconds:.0f}"))
     print(f"\n{args.folds}-fold cross-validation on {args.data.name}, {name}, image size {args.image_size}, "
-          f"batch {args.batch_size}, loss {args.loss}")
+          f"batch {args.batch_size}, loss {args.loss}, CLAHE {'on' if args.clahe else 'off'}")
     print("| epochs | synthetic pretraining | test-time augmentation | Dice | clDice | HD95 (px) | wall s |\n"
           "| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
