@@ -48,12 +48,11 @@ class Predictor:
     def predict(self, frames: list[np.ndarray]) -> list[Prediction]:
         """Frames as read (float32 (H, W), any sizes) to their predictions."""
         prepared = [prepare(frame, self.preprocessing) for frame in frames]
+        fovs = [fov for _, fov in prepared]
         probabilities = self.probabilities([image for image, _ in prepared])
-        predictions = []
-        for probs, (_, fov) in zip(probabilities, prepared):
+        for probs, fov in zip(probabilities, fovs):
             probs[~fov] = 0.0
-            predictions.append(Prediction(probs, self.masks([probs])[0], fov))
-        return predictions
+        return [Prediction(*outputs) for outputs in zip(probabilities, self.masks(probabilities), fovs)]
 
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:

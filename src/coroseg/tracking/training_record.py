@@ -15,7 +15,6 @@ from coroseg.data.dataset import TrainingData
 from coroseg.inference.model_loading import model_metadata
 from coroseg.models import SegmentationModel, parameter_count
 from coroseg.training.checkpoint import sha256, weights_bytes
-from coroseg.training.postprocess import DEFAULT_MIN_COMPONENT_FRACTION, DEFAULT_THRESHOLD
 from coroseg.training.trainer import EpochResult, Preview, TrainResult
 from coroseg.tracking import layout
 from coroseg.tracking.environment import environment_params
@@ -167,13 +166,11 @@ class TrainingRecord:
     def model_metadata(self) -> dict[str, Any]:
         return model_metadata(self.config, self.postprocessing)
 
-    def _chosen(self, key: str, default: float) -> float:
-        return float(self.postprocessing[key]) if self.postprocessing is not None else default
-
     def model_config(self) -> dict[str, Any]:
         return {**self.resolved_config(), "model": self.model_metadata(), "data": self.data_record()}
 
     def summary(self, result: TrainResult) -> dict[str, Any]:
+        model = self.model_metadata()
         return {
             "model_family": self.config.model_family,
             "parameter_count": self.parameters,
@@ -184,8 +181,8 @@ class TrainingRecord:
             "best_val_dice": result.best_val_dice,
             "final_val_dice": result.history[-1].val_dice if result.history else None,
             **_best_epoch_vessel_metrics(result),
-            "chosen_threshold": self._chosen("threshold", DEFAULT_THRESHOLD),
-            "chosen_min_component_fraction": self._chosen("min_component_fraction", DEFAULT_MIN_COMPONENT_FRACTION),
+            "chosen_threshold": model["threshold"],
+            "chosen_min_component_fraction": model["min_component_fraction"],
             "val_dice_postprocessed": self.postprocessing["val_dice_after"] if self.postprocessing else None,
             "training_duration_seconds": round(result.training_duration_seconds, 2),
             "data_source": self.data.source,
