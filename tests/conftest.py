@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -100,6 +101,14 @@ def pairs_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("pairs")
     write_synthetic_set(folder, count=6, size=80, seed=3)
     return folder
+
+
+@pytest.fixture()
+def folder(tmp_path, pairs_dir) -> Path:
+    """A copy of the pairs that a test may break."""
+    data = tmp_path / "data"
+    shutil.copytree(pairs_dir, data)
+    return data
 
 
 @dataclass

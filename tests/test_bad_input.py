@@ -5,17 +5,9 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
-
-
-@pytest.fixture()
-def folder(tmp_path, pairs_dir):
-    data = tmp_path / "data"
-    shutil.copytree(pairs_dir, data)
-    return data
 
 
 def train_on(data, tmp_path, small_config):

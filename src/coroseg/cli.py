@@ -4,27 +4,26 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from functools import wraps
 
 import click
 
+from coroseg import mlflow_env
 from coroseg.config import TrainConfig
 from coroseg.errors import InputError
 from coroseg.data.pairs import FORMATS
 from coroseg.models import FAMILIES
+from coroseg.tracking.redact import RedactingFilter, redact_text
 from coroseg.training.losses import LOSSES
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# MLflow logs every embedded-store start at INFO; our own progress lines say what matters.
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+mlflow_env.apply()   # before anything imports MLflow or reaches a server
 
 
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(RedactingFilter())
     logger = logging.getLogger("coroseg")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
@@ -48,7 +47,7 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except InputError as exc:
-            click.echo(f"coroseg: error: {exc}", err=True)
+            click.echo(f"coroseg: error: {redact_text(str(exc))}", err=True)
             sys.exit(2)
 
     return wrapper

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from coroseg.data.pairs import FORMATS
-from coroseg.errors import InputError
+from coroseg.errors import InputError, first_line
 from coroseg.training.losses import LOSSES
 
 
@@ -78,7 +78,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"{path}: cannot read configuration ({str(exc).splitlines()[0]})") from exc
+        raise InputError(f"{path}: cannot read configuration ({first_line(exc)})") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -7,6 +7,10 @@ import signal
 import subprocess
 import sys
 
+from coroseg.errors import first_line
+from coroseg.tracking.redact import redact_text, redact_uri
+from coroseg.tracking.store import prepare_store
+
 DEFAULT_STORE = "sqlite:///mlflow.db"  # MLflow 3's own default store, in the working directory
 
 
@@ -22,6 +26,15 @@ def _stop_on_sigterm(signum, frame):
 def serve(port: int, store: str | None = None) -> int:
     """Run the server until Ctrl+C or SIGTERM, and take it down with us either way."""
     store = store or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE
+    try:
+        # A new SQLite store is created here under the lock `coroseg train` takes, not by the server
+        # racing a training run that creates it at the same moment.
+        prepare_store(store)
+    except Exception as exc:  # noqa: BLE001 - MLflow, SQLAlchemy and the lock raise many kinds; all mean this
+        print(f"coroseg: error: cannot open the store {redact_uri(store)} "
+              f"({redact_text(first_line(exc))})",
+              file=sys.stderr)
+        return 2
     print(f"Access MLflow UI: http://localhost:{port}", flush=True)
     print("Press Ctrl+C to stop.", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)

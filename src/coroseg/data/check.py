@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coroseg.data.imageio import MASK_THRESHOLD, read_gray
-from coroseg.data.pairs import PolygonMask, scan_folder
+from coroseg.data.pairs import read_pair, scan_folder
 from coroseg.errors import InputError
 
 
@@ -35,36 +34,21 @@ class DataReport:
         ]
 
 
-def _mask_values(source) -> tuple[np.ndarray, bool]:
-    """The binary mask, and whether the file was binary already (0/255, allowing few anti-aliased pixels)."""
-    if isinstance(source, PolygonMask):
-        return source.read(), True
-    values = read_gray(source) * 255.0
-    grey = np.count_nonzero((values > 0.5) & (values < 254.5))
-    return values > MASK_THRESHOLD, grey <= 0.01 * values.size
-
-
 def check_data(folder: str | Path, data_format: str = "auto") -> DataReport:
     scan = scan_folder(folder, data_format)
     report = DataReport(scan.folder, scan.format, problems=list(scan.problems))
     for pair in scan.pairs:
         try:
-            image = read_gray(pair.image)
-            mask, binary = _mask_values(pair.mask)
+            image, mask = read_pair(pair)          # the same reading, and the same refusals, as train
         except InputError as exc:
             report.problems.append(str(exc))
             continue
         report.pairs += 1
         size = (image.shape[1], image.shape[0])
         report.sizes[size] = report.sizes.get(size, 0) + 1
-        if mask.shape != image.shape:
-            report.problems.append(f"{pair.mask}: mask size {mask.shape[::-1]} differs from image size {size}")
-            continue
         report.vessel_fractions.append(float(mask.mean()))
         if not mask.any():
             report.problems.append(f"{pair.mask}: empty mask (no vessel pixel)")
-        if not binary:
-            report.problems.append(f"{pair.mask}: not a binary mask (more than 1% of pixels are neither 0 nor 255)")
     if not scan.pairs and not scan.problems:
         report.problems.append(f"{scan.folder}: no image/mask pairs found")
     return report

@@ -8,6 +8,7 @@ one tensor and augmentation runs on the training device (see augment.py).
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from coroseg.config import TrainConfig
-from coroseg.data.imageio import read_gray
-from coroseg.data.pairs import announce, checked_scan, load_mask
+from coroseg.data.pairs import announce, checked_scan, read_pair
 from coroseg.data.preprocess import Preprocessing, prepare
 from coroseg.errors import InputError
+
+log = logging.getLogger("coroseg")
 
 
 @dataclass
@@ -64,14 +66,25 @@ def _read_folder(folder: str, data_format: str) -> tuple[list[np.ndarray], list[
     images, masks, names = [], [], []
     scan = checked_scan(folder, data_format)
     for pair in scan.pairs:
-        image, mask = read_gray(pair.image), load_mask(pair.mask)
-        if image.shape != mask.shape:
-            raise InputError(f"{pair.mask}: mask size {mask.shape[::-1]} differs from image size {image.shape[::-1]}")
+        image, mask = read_pair(pair)
         images.append(image)
         masks.append(mask)
         names.append(pair.image.name)
+    _check_not_empty(scan, masks)
     announce(scan)
     return images, masks, names
+
+
+def _check_not_empty(scan, masks: list[np.ndarray]) -> None:
+    """No vessel anywhere means a misread data set, not a lesson: refuse. Some empty frames can be real
+    (a cine before the contrast arrives), so they are trained on, and said."""
+    empty = [pair.mask for pair, mask in zip(scan.pairs, masks) if not mask.any()]
+    if len(empty) == len(masks):
+        raise InputError(f"{scan.folder}: every mask is empty (no vessel pixel), e.g. {empty[0]}; "
+                         "nothing to learn from (coroseg check-data lists the masks)")
+    if empty:
+        log.warning("%s: %d of %d masks are empty (no vessel pixel), e.g. %s", scan.folder, len(empty), len(masks),
+                    empty[0])
 
 
 def _synthesize(count: int, size: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:

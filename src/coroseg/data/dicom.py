@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from coroseg.data.imageio import check_pixel_count
 from coroseg.errors import InputError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -88,6 +89,7 @@ def _check(ds: Any, path: Path) -> dict[str, Any]:
     if (not {"rows", "columns", "bits_allocated"} <= fields.keys() or fields["bits_allocated"] not in (8, 16)
             or fields["frames"] < 1):
         raise InputError(f"{path}: DICOM pixel module incomplete or not 8/16 bits allocated")
+    check_pixel_count(path, fields["columns"], fields["rows"])   # per frame: a cine is read frame by frame
     syntax = ds.file_meta.TransferSyntaxUID
     if not syntax.is_compressed:           # a truncated file passes the header read; its size gives it away
         expected = fields["rows"] * fields["columns"] * fields["frames"] * fields["bits_allocated"] // 8

@@ -20,7 +20,7 @@ from typing import Union
 import numpy as np
 
 from coroseg.data.dicom import is_dicom_file
-from coroseg.data.imageio import is_image_file, probe_image, read_mask
+from coroseg.data.imageio import check_pixel_count, is_image_file, read_gray, read_mask
 from coroseg.errors import InputError
 
 log = logging.getLogger("coroseg")
@@ -45,6 +45,7 @@ class PolygonMask:
     def read(self) -> np.ndarray:
         from skimage.draw import polygon
 
+        check_pixel_count(self.source, self.width, self.height)
         mask = np.zeros((self.height, self.width), dtype=bool)
         for flat in self.polygons:
             xs, ys = np.asarray(flat[0::2]), np.asarray(flat[1::2])
@@ -66,9 +67,12 @@ def load_mask(source: MaskSource) -> np.ndarray:
     return source.read() if isinstance(source, PolygonMask) else read_mask(source)
 
 
-def mask_size(source: MaskSource) -> tuple[int, int]:
-    """(width, height) without decoding the mask."""
-    return (source.width, source.height) if isinstance(source, PolygonMask) else probe_image(source)
+def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    """The frame and its (binary) mask, fully decoded and of one size, or an error naming the file."""
+    image, mask = read_gray(pair.image), load_mask(pair.mask)
+    if image.shape != mask.shape:
+        raise InputError(f"{pair.mask}: mask size {mask.shape[::-1]} differs from image size {image.shape[::-1]}")
+    return image, mask
 
 
 @dataclass
@@ -120,6 +124,13 @@ def _coco_file(folder: Path) -> Path | None:
     return candidates[0] if candidates else None
 
 
+def inside(folder: Path, path: Path) -> Path | None:
+    """`path` when it stays inside `folder` once resolved (.., absolute names and links followed), else None:
+    a name written in a data file must never reach files outside the data set."""
+    resolved = path.resolve()
+    return path if resolved.is_relative_to(folder.resolve()) else None
+
+
 def _scan_arcade(scan: Scan) -> None:
     from coroseg.data.coco import read_coco_masks
 
@@ -129,8 +140,10 @@ def _scan_arcade(scan: Scan) -> None:
         return
     image_dir = scan.folder / "images" if (scan.folder / "images").is_dir() else scan.folder
     for name, mask in read_coco_masks(coco).items():
-        image = image_dir / name
-        if image.is_file():
+        image = inside(scan.folder, image_dir / name)
+        if image is None:
+            scan.problems.append(f"{coco}: file_name {name!r} points outside the data folder {scan.folder}")
+        elif image.is_file():
             scan.pairs.append(Pair(image, mask))
         else:
             scan.problems.append(f"{image}: listed in {coco} but missing")

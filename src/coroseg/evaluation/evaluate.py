@@ -8,11 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coroseg.config import TrainConfig
-from coroseg.data.imageio import probe_image
-from coroseg.data.pairs import announce, checked_scan, mask_size
-from coroseg.errors import InputError
+from coroseg.data.pairs import announce, checked_scan, read_pair
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
-from coroseg.inference.predict import InferenceOptions, InferenceSession, check_output
+from coroseg.inference.predict import InferenceOptions, InferenceSession, check_output, load_options_model
 from coroseg.tracking import layout
 from coroseg.tracking.record import markdown_rows, markdown_table, new_record_dir, to_csv
 
@@ -44,16 +42,19 @@ def _summary_markdown(means: dict[str, float], images: int, worst: list[dict]) -
 
 
 def run_evaluation(options: InferenceOptions, data: str, data_format: str = "auto") -> EvaluationOutcome:
-    scan = checked_scan(data, data_format)                    # bad input: error before the run
+    scan = checked_scan(data, data_format)                    # bad input: error before the run or the output
     pairs = scan.pairs
     for pair in pairs:
-        image_size, size_of_mask = probe_image(pair.image), mask_size(pair.mask)
-        if image_size != size_of_mask:
-            raise InputError(f"{pair.mask}: mask size {size_of_mask} differs from image size {image_size}")
+        read_pair(pair)           # decoded once up front: corrupt files, non-binary masks, sizes
+    model = load_options_model(options)
     announce(scan)
-    output = Path(options.output) if options.output else new_record_dir(TrainConfig().output_dir, "evaluate")
-    check_output(output, options.overwrite)
-    session = InferenceSession(options, output, layout.EVALUATION_TAGS, f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
+    if options.output:
+        output = Path(options.output)
+        check_output(output, options.overwrite)
+    else:
+        output = new_record_dir(TrainConfig().output_dir, "evaluate")
+    session = InferenceSession(options, model, output, layout.EVALUATION_TAGS,
+                               f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     status = "FAILED"
     try:
         session.log_params([p.image for p in pairs], {"data": str(data)})

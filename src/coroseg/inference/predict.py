@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from coroseg.data.dicom import is_dicom_file, probe_dicom, read_frame
-from coroseg.data.imageio import encode_png, probe_image, read_gray
+from coroseg.data.imageio import encode_png, read_gray
 from coroseg.data.pairs import MaskSource, find_inputs, ground_truth_for, load_mask
 from coroseg.errors import InputError
 from coroseg.inference.model_loading import LoadedModel, load_model
@@ -29,7 +29,7 @@ from coroseg.inference.predictor import Predictor
 from coroseg.tracking import layout
 from coroseg.tracking.base import make_tracker
 from coroseg.tracking.environment import environment, environment_params, resolve_device
-from coroseg.tracking.record import RunRecord, markdown_table
+from coroseg.tracking.record import RunRecord, ensure_writable, markdown_table
 from coroseg.tracking.redact import redact_uri
 from coroseg.visualize import comparison, png_bytes
 
@@ -110,24 +110,35 @@ def dicom_frames(path: Path, name: str) -> list[FrameInput]:
 
 
 def frames_to_predict(paths: list[Path]) -> list[FrameInput]:
-    """Every frame of the input files, each file checked from its header, so a bad one stops us before the run."""
+    """Every frame of the input files (a DICOM cine's frames counted from its header)."""
     frames: list[FrameInput] = []
     for path, name in zip(paths, unique_names(paths)):
         if is_dicom_file(path):
             frames += dicom_frames(path, name)
         else:
-            probe_image(path)
             frames.append(image_frame(path, name, ground_truth_for(path)))
     return frames
 
 
+def check_frames(frames: list[FrameInput]) -> None:
+    """Decode every frame (and mask) once before anything is created: a truncated or corrupt file then stops
+    the command with its name, not a run halfway through. Decoding twice costs far less than inference."""
+    if len(frames) > 50:
+        log.info("checking %d frames", len(frames))
+    for item in frames:
+        item.read()
+        if item.truth is not None:
+            load_mask(item.truth)
+
+
 def check_output(output: Path, overwrite: bool) -> None:
-    """Never write over earlier predictions unless asked to."""
+    """Never write over earlier predictions unless asked to; an output we cannot write fails before any run."""
     if output.exists() and not output.is_dir():
         raise InputError(f"{output}: exists and is not a folder")
     taken = [output / d for d in ("predictions", "inference", "evaluation") if (output / d).exists()]
     if taken and not overwrite:
         raise InputError(f"{taken[0]}: already holds results; choose a new --output or pass --overwrite")
+    ensure_writable(output)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -139,12 +150,11 @@ def peak_memory_mb(device: torch.device) -> float:
 class InferenceSession:
     """One inference run: model, predictor, output folder and tracker, shared by predict and evaluate."""
 
-    def __init__(self, options: InferenceOptions, output: Path, tags: dict[str, str], run_name: str) -> None:
-        self.options, self.output = options, output
+    def __init__(self, options: InferenceOptions, model: LoadedModel, output: Path, tags: dict[str, str],
+                 run_name: str) -> None:
+        self.options, self.output, self.model = options, output, model
         self.device = resolve_device(options.device)
-        self.model: LoadedModel = load_model(options.model_uri, self.device, options.tracking_uri)
         self.predictor = Predictor(self.model, options.resolution, options.batch_size, options.tta)
-        output.mkdir(parents=True, exist_ok=True)
         self.tracker = make_tracker(options.tracking, options.tracking_uri, options.experiment, output)
         self.record = RunRecord(output, self.tracker)
         self.env = environment(self.device)
@@ -254,12 +264,19 @@ class InferenceSession:
         self.tracker.finish(status)
 
 
+def load_options_model(options: InferenceOptions) -> LoadedModel:
+    return load_model(options.model_uri, resolve_device(options.device), options.tracking_uri)
+
+
 def run_prediction(options: InferenceOptions, input_path: str) -> InferenceOutcome:
-    inputs = find_inputs(input_path)                       # bad input: error before the run
+    inputs = find_inputs(input_path)                       # bad input: error before the run or the output
     frames = frames_to_predict(inputs)
+    check_frames(frames)
+    model = load_options_model(options)
     output = Path(options.output)
     check_output(output, options.overwrite)
-    session = InferenceSession(options, output, layout.INFERENCE_TAGS, f"predict-{time.strftime('%Y%m%d-%H%M%S')}")
+    session = InferenceSession(options, model, output, layout.INFERENCE_TAGS,
+                               f"predict-{time.strftime('%Y%m%d-%H%M%S')}")
     status = "FAILED"
     try:
         session.log_params(inputs, {"input": str(input_path), "frames": len(frames)})

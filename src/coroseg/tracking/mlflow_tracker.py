@@ -7,32 +7,20 @@ where the local record is, and every later call becomes a no-op.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from coroseg import mlflow_env
+from coroseg.errors import first_line
 from coroseg.tracking.base import Tracker
 from coroseg.tracking.layout import MODEL_NAME
 from coroseg.tracking.redact import redact_text
+from coroseg.tracking.store import prepare_store
 
 log = logging.getLogger("coroseg")
 
-# MLflow's defaults retry a dead server for about four minutes per call; a user waits for none of that.
-_FAST_FAIL_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
-
 _PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
-
-
-def configure_mlflow_env() -> None:
-    """Fail fast on dead servers, unless the user chose other values."""
-    for name, value in _FAST_FAIL_ENV.items():
-        os.environ.setdefault(name, value)
 
 
 def model_signature():
@@ -54,6 +42,30 @@ def pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={numpy.__version__}"]
 
 
+def resolve_experiment_id(client: Any, name: str) -> str:
+    """The id of experiment `name`, created if missing.
+
+    Not `mlflow.set_experiment`: when another process creates the experiment between its lookup and its
+    create, it returns without activating it, and the run lands in "Default".
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return client.get_experiment_by_name(name).experiment_id   # another process created it just now
+
+
+def _redacted(tags: dict[str, Any]) -> dict[str, str]:
+    return {k: redact_text(str(v)) for k, v in tags.items()}
+
+
 class MlflowTracker(Tracker):
     def __init__(
         self,
@@ -61,14 +73,16 @@ class MlflowTracker(Tracker):
         experiment: str,
         record_dir: Path | None = None,
         system_metrics: bool = False,
-        nested: bool = False,
+        parent_experiment_id: str | None = None,
     ) -> None:
-        configure_mlflow_env()
+        mlflow_env.apply()   # also here, for callers that do not come through the CLI
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.record_dir = record_dir
         self.system_metrics = system_metrics
-        self.nested = nested          # a child of the run active in this process (cross-validation folds)
+        # Given for a child of the run active in this process (a cross-validation fold): it goes where its parent is.
+        self.nested = parent_experiment_id is not None
+        self.experiment_id = parent_experiment_id
         self.client = None
 
     def _guard(self, action: str, call: Callable[[], Any]) -> Any:
@@ -78,10 +92,10 @@ class MlflowTracker(Tracker):
             return call()
         except Exception as exc:  # noqa: BLE001 - any tracking failure must leave the work running
             self.failed = True
-            first_line = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            said = redact_text(first_line(exc))
             where = f" The complete record is kept in {self.record_dir}." if self.record_dir else ""
             print(
-                f"coroseg: MLflow tracking failed while {action} ({type(exc).__name__}: {first_line}). "
+                f"coroseg: MLflow tracking failed while {action} ({type(exc).__name__}: {said}). "
                 f"The work goes on without tracking.{where}",
                 file=sys.stderr,
             )
@@ -95,10 +109,12 @@ class MlflowTracker(Tracker):
             if not self.nested:
                 if self.tracking_uri:
                     mlflow.set_tracking_uri(self.tracking_uri)
-                mlflow.set_experiment(self.experiment)
-            run = mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=self.system_metrics,
-                                   nested=self.nested)
+                prepare_store(self.tracking_uri)
             self.client = MlflowClient()
+            if not self.nested:
+                self.experiment_id = resolve_experiment_id(self.client, self.experiment)
+            run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=_redacted(tags),
+                                   log_system_metrics=self.system_metrics, nested=self.nested)
             return run.info.run_id
 
         self.run_id = self._guard("starting the run", _start)
@@ -109,7 +125,7 @@ class MlflowTracker(Tracker):
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        batch = [Param(k, str(v)[:_PARAM_VALUE_LIMIT]) for k, v in params.items()]
+        batch = [Param(k, redact_text(str(v))[:_PARAM_VALUE_LIMIT]) for k, v in params.items()]
         self._guard("logging params", lambda: self.client.log_batch(self.run_id, params=batch))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -120,7 +136,7 @@ class MlflowTracker(Tracker):
     def set_tags(self, tags: dict[str, str]) -> None:
         import mlflow
 
-        self._guard("setting tags", lambda: mlflow.set_tags(tags))
+        self._guard("setting tags", lambda: mlflow.set_tags(_redacted(tags)))
 
     def log_artifact(self, local_path: Path, artifact_dir: str) -> None:
         self._guard(
@@ -148,7 +164,8 @@ class MlflowTracker(Tracker):
     def child(self) -> Tracker:
         if self.failed or self.run_id is None:
             return Tracker()      # the user was told once already; folds train on without tracking
-        return MlflowTracker(self.tracking_uri, self.experiment, self.record_dir, nested=True)
+        return MlflowTracker(self.tracking_uri, self.experiment, self.record_dir,
+                             parent_experiment_id=self.experiment_id)
 
     def finish(self, status: str = "FINISHED") -> None:
         import mlflow
@@ -159,4 +176,4 @@ class MlflowTracker(Tracker):
         try:
             mlflow.end_run(status=status if not self.failed else "FAILED")
         except Exception as exc:  # noqa: BLE001 - the server may be gone; the work is done anyway
-            log.warning("could not close the MLflow run: %s", redact_text(str(exc).splitlines()[0]))
+            log.warning("could not close the MLflow run: %s", redact_text(first_line(exc)))

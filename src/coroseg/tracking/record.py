@@ -5,7 +5,9 @@ The local folder is what survives when tracking fails, and what `--no-tracking` 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import io
 import json
 import os
@@ -16,14 +18,42 @@ from typing import Any
 
 from coroseg.tracking import layout
 from coroseg.tracking.base import Tracker
+from coroseg.tracking.redact import redact_text
+
+
+def _umask_from_proc() -> int | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:   # not Linux
+        return None
+    for line in status.splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    return None       # Linux before 4.7
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once: from /proc where it can be, since the portable way (set it, set it
+    back) changes it for every thread for a moment; that moment's value is 077, so nothing is looser."""
+    found = _umask_from_proc()
+    if found is not None:
+        return found
+    current = os.umask(0o077)
+    os.umask(current)
+    return current
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside the target, then rename: no reader ever sees half a file."""
+    """Write to a temporary file beside the target, then rename: no reader ever sees half a file.
+
+    The file gets the mode an ordinary open() would give it (0666 less the umask), not mkstemp's 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -77,6 +107,10 @@ def new_record_dir(base: str | Path, run_name: str) -> Path:
             return candidate
         except FileExistsError:
             continue
+        except OSError as exc:   # a read-only place, or a file where the folder should be
+            from coroseg.errors import InputError
+
+            raise InputError(f"{candidate}: cannot create the run's folder ({exc.strerror or exc})") from exc
     raise FileExistsError(f"{root}: no free record folder name for {run_name}")
 
 
@@ -95,7 +129,25 @@ class RunRecord:
         return target
 
     def write_text(self, category: str, filename: str, text: str, epoch: int | None = None) -> Path:
-        return self.write_bytes(category, filename, text.encode(), epoch)
+        """Text is redacted (see redact.py); binary files such as PNGs go through write_bytes as they are."""
+        return self.write_bytes(category, filename, redact_text(text).encode(), epoch)
 
     def write_json(self, category: str, filename: str, obj: Any, epoch: int | None = None) -> Path:
         return self.write_text(category, filename, to_json(obj), epoch)
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create `folder` and write a probe file in it, so an output we cannot write is an error before any run
+    exists; the folders made here are removed again when it fails."""
+    from coroseg.errors import InputError
+
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        for path in made:          # deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise InputError(f"{folder}: cannot write here ({exc.strerror or exc.__class__.__name__})") from exc

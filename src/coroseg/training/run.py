@@ -172,8 +172,8 @@ def _cv_markdown(summary: dict[str, float], rows: list[dict]) -> str:
 def run_training(config: TrainConfig) -> TrainingOutcome:
     family(config.model_family)                       # unknown family: error before anything else
     device = resolve_device(config.device)
-    splits = load_training_data(config)               # bad input: error before any run is created
-    init = _initial_weights(config)
+    init = _initial_weights(config)                   # bad input: error before any run is created
+    splits = load_training_data(config)
     record_dir = new_record_dir(config.output_dir, _safe_name(config.run_name or config.model_family))
     config.run_name = config.run_name or _default_run_name(config)
     env = environment(device)
