@@ -166,6 +166,11 @@ def test_a_model_that_does_not_load_is_one_line(breaker, model_copy, pairs_dir, 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_uri_in_a_store_that_does_not_exist_creates_none(pairs_dir, tmp_path):
+    result, store = predict_into(tmp_path, "runs:/0123456789abcdef/pytorch_model", pairs_dir / "1.png")
+    assert_one_line_error(result, store, "runs:/0123456789abcdef/pytorch_model", "no store at")
+
+
 # -- outputs -------------------------------------------------------------------------------------------
 
 def unwritable_folder(tmp_path: Path) -> Path:

@@ -30,7 +30,7 @@ from coroseg.data.dataset import preprocessing_of
 from coroseg.errors import InputError, first_line
 from coroseg.tracking.layout import WEIGHTS_FILE
 from coroseg.tracking.redact import redact_text
-from coroseg.tracking.store import prepare_store
+from coroseg.tracking.store import prepare_store, resolved_tracking_uri, sqlite_path
 from coroseg.training.postprocess import DEFAULT_MIN_COMPONENT_FRACTION, DEFAULT_THRESHOLD
 
 log = logging.getLogger("coroseg")
@@ -86,6 +86,10 @@ def _local_copy(uri: str, tracking_uri: str | None) -> Path:
         return Path(uri)
     if "://" not in uri and ":/" not in uri:
         raise InputError(f"{uri}: no such model folder, and not a runs:/ or models:/ URI")
+    database = sqlite_path(resolved_tracking_uri(tracking_uri))
+    if database is not None and not database.is_file():   # MLflow would create an empty store and say 'not found'
+        raise InputError(f"{redact_text(uri)}: cannot load model (no store at {database}; "
+                         "name the store that holds it with --tracking-uri)")
     try:
         # This runs before any run exists, so the store must be set here. Set globally: MLflow resolves a
         # logged model's runs:/ path and a models:/ registry entry through the global URIs, whatever
