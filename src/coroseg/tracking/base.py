@@ -15,7 +15,8 @@ class Tracker:
     run_id: str | None = None
     failed: bool = False
 
-    def start(self, run_name: str | None, tags: dict[str, str]) -> str | None:
+    def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str | None:
+        """Open a new run, or carry on `resume_run_id` (same id, later steps); its id, or None."""
         return None
 
     def log_params(self, params: dict[str, Any]) -> None:

@@ -101,7 +101,7 @@ class MlflowTracker(Tracker):
             )
             return None
 
-    def start(self, run_name: str | None, tags: dict[str, str]) -> str | None:
+    def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str | None:
         def _start() -> str:
             import mlflow
             from mlflow import MlflowClient
@@ -113,8 +113,11 @@ class MlflowTracker(Tracker):
             self.client = MlflowClient()
             if not self.nested:
                 self.experiment_id = resolve_experiment_id(self.client, self.experiment)
-            run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=_redacted(tags),
-                                   log_system_metrics=self.system_metrics, nested=self.nested)
+            if resume_run_id is not None:      # the same run carries on: same id, steps continue
+                run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=self.system_metrics)
+            else:
+                run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=_redacted(tags),
+                                       log_system_metrics=self.system_metrics, nested=self.nested)
             return run.info.run_id
 
         self.run_id = self._guard("starting the run", _start)
