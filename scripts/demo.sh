@@ -15,7 +15,7 @@ train_id=$(awk '/^run_id:/ {print $2}' "$out/train.txt")
 model_uri=$(awk '/^model_uri:/ {print $2}' "$out/train.txt")
 
 echo "== 3/3 predicting on the 6 frames with $model_uri"
-coroseg predict --model "$model_uri" --input "$out/frames" --output "$out/predictions" | tee "$out/predict.txt"
+coroseg predict --model "$model_uri" --input "$out/frames" --output "$out" | tee "$out/predict.txt"
 predict_id=$(awk '/^run_id:/ {print $2}' "$out/predict.txt")
 
 cat <<MSG
@@ -23,6 +23,6 @@ cat <<MSG
 Done.
   training run:   $train_id   (model: $model_uri)
   inference run:  $predict_id
-  predictions:    $out/predictions/predictions/comparisons/
+  predictions:    $out/predictions/comparisons/
 Open the MLflow UI:  make ui   (or: .venv/bin/coroseg ui), then browse http://localhost:5000
 MSG

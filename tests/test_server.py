@@ -74,5 +74,8 @@ def test_server_dying_mid_run_does_not_stop_training(small_config, tmp_path):
     assert rest.count("tracking failed") == 1, rest
     record = tmp_path / next(l.split(": ", 1)[1] for l in stdout.splitlines() if l.startswith("local_record: "))
     assert (record / "metrics/epoch_006/metrics.json").is_file()
-    assert (record / "pytorch_model/MLmodel").is_file()        # the model was kept locally instead
-    assert stdout.strip().splitlines()[-1].startswith("run_id: none (tracking failed; MLflow holds an incomplete run ")
+    assert (record / "pytorch_model/MLmodel").is_file()        # the model is kept locally
+    # The run exists on the server, so its id is printed, with the command that sends the rest once it is back.
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("run_id: ") and not last.startswith("run_id: none"), stdout
+    assert f"coroseg sync {record.relative_to(tmp_path)}" in rest, rest

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import sys
 from functools import wraps
+from pathlib import Path
 
 import click
 
 from coroseg import mlflow_env
 from coroseg.config import TrainConfig
-from coroseg.errors import InputError
+from coroseg.errors import InputError, first_line
 from coroseg.data.pairs import FORMATS
 from coroseg.models import FAMILIES
 from coroseg.tracking.redact import RedactingFilter, redact_text
@@ -120,19 +121,51 @@ def _tracking_options(func):
 @_tracking_options
 @click.option("--run-name", default=None, help="MLflow run name.  [default: FAMILY-DATE-TIME]")
 @click.option("--no-tracking", is_flag=True, help="Record nothing in MLflow (the local record is still written).")
+@click.option("--resume", default=None, metavar="RUN_ID|RECORD_DIR",
+              help="Carry on a stopped run (killed, preempted, Ctrl-C) from its last finished epoch, in the same "
+                   "MLflow run, with its recorded configuration.")
 @user_errors
-def train(config_file, no_tracking, **flags) -> None:
-    """Train a vessel segmentation model; the run is recorded in MLflow in the hierarchical layout."""
-    from coroseg.config import resolve
-    from coroseg.training.run import run_training
+def train(config_file, no_tracking, resume, **flags) -> None:
+    """Train a vessel segmentation model; the run is recorded in MLflow in the hierarchical layout.
 
-    config = resolve(config_file, **flags, tracking=False if no_tracking else None)
-    outcome = run_training(config)
+    SIGTERM or Ctrl-C stops at the next batch, closes the run as KILLED and prints the --resume command
+    (exit code 128 + the signal number); a second Ctrl-C quits at once.
+    """
+    from coroseg.training.trainer import TrainingInterrupted
+
+    try:
+        outcome = _train_or_resume(config_file, resume, {**flags, "tracking": False if no_tracking else None})
+    except TrainingInterrupted as stopped:
+        _print_stopped(stopped)
+        sys.exit(128 + stopped.signum)
     lines = [f"best_val_dice: {outcome.best_val_dice:.4f}", f"local_record: {outcome.record_dir}",
              f"model_uri: {outcome.model_uri}"]
     if outcome.cross_validation:   # model_uri is then the fold with the best validation Dice
         lines = [f"{k}: {v:.4f}" for k, v in outcome.cross_validation.items()] + lines
     _print_run(outcome.run_id, outcome.tracking_failed, lines)
+
+
+def _train_or_resume(config_file, resume: str | None, flags: dict):
+    from coroseg.config import TrainConfig, resolve
+    from coroseg.training.resume import find_record, load_resume, resume_config
+    from coroseg.training.run import resume_training, run_training
+
+    if resume is None:
+        return run_training(resolve(config_file, **flags))
+    record = find_record(resume, flags.get("output_dir") or TrainConfig().output_dir)
+    config = resume_config(record, config_file, flags)
+    return resume_training(config, load_resume(record))
+
+
+def _print_stopped(stopped) -> None:
+    """A stopped run: how to carry it on (stdout, for scripts), then its run id last."""
+    if stopped.record_dir is not None:
+        command = f"coroseg train --resume {stopped.record_dir}"
+        click.echo(f"stopped: resume with `{command}`", err=True)
+        click.echo(f"resume: {command}")
+    else:
+        click.echo("stopped: a cross-validation run cannot be resumed yet; its finished folds are recorded", err=True)
+    click.echo(f"run_id: {stopped.run_id or 'none (not tracked)'}")
 
 
 _FORMAT_HELP = "Layout of the data folder; auto detects it and says what it found."
@@ -200,6 +233,34 @@ def evaluate(model_uri, data, data_format, output, batch_size, resolution, devic
     outcome = run_evaluation(options, data, data_format)
     lines = [f"{k}: {v:.4f}" for k, v in outcome.means.items()] + [f"output: {outcome.output}"]
     _print_run(outcome.run_id, outcome.tracking_failed, lines)
+
+
+@main.command()
+@click.argument("record_dirs", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tracking-uri", default=None,
+              help="Where to send (default: MLFLOW_TRACKING_URI, else the URI the record was made with).")
+@user_errors
+def sync(record_dirs: tuple[Path, ...], tracking_uri: str | None) -> None:
+    """Send what local records hold and MLflow lacks (default: every record under coroseg_runs/ with pending
+    entries, fold records included), into the same run, or a new one where the server has no such run."""
+    from coroseg.tracking.sync import find_records, sync_record
+
+    records = find_records(list(record_dirs), Path(_DEFAULTS.output_dir))
+    if not records:
+        click.echo(f"nothing to sync under {_DEFAULTS.output_dir}/")
+    failed, last_run = 0, None
+    for record in records:
+        try:
+            result = sync_record(record, tracking_uri)
+        except Exception as exc:  # noqa: BLE001 - one record's server failing must not stop the others
+            failed += 1
+            click.echo(f"{record}: not synced ({type(exc).__name__}: {redact_text(first_line(exc))})", err=True)
+            continue
+        click.echo(result.line())
+        if result.run_id and (last_run is None or len(record.parts) <= len(last_run[0].parts)):
+            last_run = (record, result.run_id)       # the outermost record's run (a parent over its folds)
+    click.echo(f"run_id: {last_run[1] if last_run else 'none (nothing synced)'}")
+    sys.exit(1 if failed else 0)
 
 
 @main.command()

@@ -1,6 +1,7 @@
 """The small interface the training loop and the commands talk to, in the spirit of Lightning's Logger.
 
-`Tracker` itself records nothing: it is the tracker of `--no-tracking`. Other backends subclass it.
+`Tracker` itself records nothing. `JournalTracker` writes the record's journal (the tracker of `--no-tracking`);
+`MlflowTracker` also uploads it.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ class Tracker:
 
 def make_tracker(enabled: bool, tracking_uri: str | None, experiment: str, record_dir: Path,
                  system_metrics: bool = False) -> Tracker:
-    """MLflow when tracking is on, else the tracker that records nothing."""
+    """MLflow when tracking is on, else a tracker that only journals (the record can be synced later)."""
     if not enabled:
-        return Tracker()
+        from coroseg.tracking.journal_tracker import JournalTracker
+
+        return JournalTracker(record_dir, tracking_uri, experiment)
     from coroseg.tracking.mlflow_tracker import MlflowTracker  # imported where used: MLflow is slow to import
 
     return MlflowTracker(tracking_uri, experiment, record_dir, system_metrics)

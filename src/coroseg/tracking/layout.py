@@ -64,3 +64,19 @@ def artifact_dir(category: str, epoch: int | None = None) -> str:
             raise ValueError(f"artifact category {category!r} needs an epoch")
         return template.format(epoch=epoch_folder(epoch))
     return template
+
+# Local record only (never uploaded): the full state after the last finished epoch, for `train --resume`.
+RESUME_STATE_DIR = ".coroseg/last_epoch"
+
+# Local record only: the journal of every tracker call (written before anything is sent), which of its
+# entries reached which MLflow run, and the record's run id and status. `coroseg sync` reads these.
+JOURNAL_FILE = ".coroseg/journal.jsonl"
+SENT_FILE = ".coroseg/sent.jsonl"
+RECORD_FILE = ".coroseg/record.json"
+EARLIER_JOURNALS = ".coroseg/earlier"   # journals of earlier runs written into the same folder (--overwrite)
+RECORD_LOCK = ".coroseg/lock"       # held by the process that writes the record; sync leaves it alone then
+
+
+def fold_record_dir(record_dir, fold: int):
+    """The local record of cross-validation fold `fold` (1-based), inside its parent's record."""
+    return record_dir / f"fold_{fold}"

@@ -1,26 +1,22 @@
-"""MLflow backend of the Tracker interface.
+"""MLflow backend of the Tracker interface: journal first, then a background uploader (see uploader.py).
 
-A failure of tracking never stops the work: the first failed call is reported once, on stderr, with
-where the local record is, and every later call becomes a no-op.
+A failure of tracking never stops the work, and no longer switches tracking off: the user is told once,
+failed uploads are retried, and what is still unsent when the command ends is listed with the
+`coroseg sync` command that sends it. `failed` means that no MLflow run could be created at all.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
+import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from coroseg import mlflow_env
-from coroseg.errors import first_line
-from coroseg.tracking.base import Tracker
-from coroseg.tracking.layout import MODEL_NAME
-from coroseg.tracking.redact import redact_text
-from coroseg.tracking.store import prepare_store
-
-log = logging.getLogger("coroseg")
-
-_PARAM_VALUE_LIMIT = 6000  # MLflow rejects longer param values
+from coroseg.tracking.journal import describe
+from coroseg.tracking.journal_tracker import JournalTracker
+from coroseg.tracking.uploader import START_WAIT_S, FailureReport, Uploader, drain_seconds
 
 
 def model_signature():
@@ -42,141 +38,78 @@ def pip_requirements() -> list[str]:
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={numpy.__version__}"]
 
 
-def resolve_experiment_id(client: Any, name: str) -> str:
-    """The id of experiment `name`, created if missing.
+def save_model_folder(folder: Path, model: Any, input_example: Any, metadata: dict[str, Any],
+                      extra_files: list[str]) -> None:
+    """The MLflow model, saved once into the local record; the uploader logs this folder as the run's model."""
+    import mlflow.pytorch
 
-    Not `mlflow.set_experiment`: when another process creates the experiment between its lookup and its
-    create, it returns without activating it, and the run lands in "Default".
-    """
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException as exc:
-        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
-        return client.get_experiment_by_name(name).experiment_id   # another process created it just now
+    mlflow.pytorch.save_model(model, str(folder), signature=model_signature(), input_example=input_example,
+                              pip_requirements=pip_requirements(), metadata=metadata, extra_files=extra_files,
+                              serialization_format="pt2")   # a graph, not a pickle: safe to load from anyone
 
 
-def _redacted(tags: dict[str, Any]) -> dict[str, str]:
-    return {k: redact_text(str(v)) for k, v in tags.items()}
-
-
-class MlflowTracker(Tracker):
-    def __init__(
-        self,
-        tracking_uri: str | None,
-        experiment: str,
-        record_dir: Path | None = None,
-        system_metrics: bool = False,
-        parent_experiment_id: str | None = None,
-    ) -> None:
+class MlflowTracker(JournalTracker):
+    def __init__(self, tracking_uri: str | None, experiment: str, record_dir: Path | None = None,
+                 system_metrics: bool = False, parent: "MlflowTracker | None" = None) -> None:
         mlflow_env.apply()   # also here, for callers that do not come through the CLI
-        self.tracking_uri = tracking_uri
-        self.experiment = experiment
-        self.record_dir = record_dir
-        self.system_metrics = system_metrics
-        # Given for a child of the run active in this process (a cross-validation fold): it goes where its parent is.
-        self.nested = parent_experiment_id is not None
-        self.experiment_id = parent_experiment_id
-        self.client = None
+        if record_dir is None:   # a caller without a record (a notebook, a test): the journal still needs a home
+            record_dir = Path(tempfile.mkdtemp(prefix="coroseg-record-"))
+        super().__init__(record_dir, tracking_uri, experiment, system_metrics, parent)
+        self.report = parent.report if parent else FailureReport(self.record_dir)   # told once per command
+        self.uploader: Uploader | None = None
+        self.finished = False
 
-    def _guard(self, action: str, call: Callable[[], Any]) -> Any:
-        if self.failed:
-            return None
-        try:
-            return call()
-        except Exception as exc:  # noqa: BLE001 - any tracking failure must leave the work running
-            self.failed = True
-            said = redact_text(first_line(exc))
-            where = f" The complete record is kept in {self.record_dir}." if self.record_dir else ""
-            print(
-                f"coroseg: MLflow tracking failed while {action} ({type(exc).__name__}: {said}). "
-                f"The work goes on without tracking.{where}",
-                file=sys.stderr,
-            )
-            return None
+    @property
+    def run_id(self) -> str | None:
+        return self.uploader.run_id if self.uploader else None
+
+    @property
+    def failed(self) -> bool:
+        """No MLflow run exists for this record (uploads that are only pending do not count)."""
+        return self.run_id is None and (self.finished or self.report.told)
 
     def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str | None:
-        def _start() -> str:
-            import mlflow
-            from mlflow import MlflowClient
-
-            if not self.nested:
-                if self.tracking_uri:
-                    mlflow.set_tracking_uri(self.tracking_uri)
-                prepare_store(self.tracking_uri)
-            self.client = MlflowClient()
-            if not self.nested:
-                self.experiment_id = resolve_experiment_id(self.client, self.experiment)
-            if resume_run_id is not None:      # the same run carries on: same id, steps continue
-                run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=self.system_metrics)
-            else:
-                run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=_redacted(tags),
-                                       log_system_metrics=self.system_metrics, nested=self.nested)
-            return run.info.run_id
-
-        self.run_id = self._guard("starting the run", _start)
-        if self.run_id is None:
-            self.failed = True
+        super().start(run_name, tags, resume_run_id)
+        self.uploader.start()
+        # The run id is part of the record (summaries, checkpoints): wait briefly for it, never for long.
+        self.uploader.opened.wait(START_WAIT_S)
         return self.run_id
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+    def _opened(self) -> None:
+        parent_run_id = (lambda: self.parent.run_id) if self.parent else None
+        self.uploader = Uploader(self.journal, self.tracking_uri, self.experiment, self.report, parent_run_id)
 
-        batch = [Param(k, redact_text(str(v))[:_PARAM_VALUE_LIMIT]) for k, v in params.items()]
-        self._guard("logging params", lambda: self.client.log_batch(self.run_id, params=batch))
+    def _submit(self, entry: dict[str, Any]) -> None:
+        self.uploader.submit(entry)
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        import mlflow
+    def _carry_on(self, earlier: list[dict[str, Any]]) -> None:
+        # Not their start (the run exists or is being created now) nor their end (the run goes on); sync
+        # sends those, and then sets the status the record ends with.
+        for entry in earlier:
+            if entry["kind"] not in ("start", "finish"):
+                self.uploader.submit(entry)
 
-        self._guard("logging metrics", lambda: mlflow.log_metrics(metrics, step=step, run_id=self.run_id))
+    def _new_child(self, record_dir: Path) -> "MlflowTracker":
+        return MlflowTracker(self.tracking_uri, self.experiment, record_dir, parent=self)
 
-    def set_tags(self, tags: dict[str, str]) -> None:
-        import mlflow
+    def _close(self) -> None:
+        """A fold leaves its uploads to its parent's drain, so the next fold starts at once."""
+        if self.parent is None:
+            self._drain()
+        self.finished = True
 
-        self._guard("setting tags", lambda: mlflow.set_tags(_redacted(tags)))
+    def _drain(self) -> None:
+        deadline = time.monotonic() + drain_seconds()
+        trackers = [*self._descendants(), self]
+        left = {t: t.uploader.drain(deadline) for t in trackers if t.uploader is not None}
+        for tracker in trackers:
+            tracker.finished = True
+            tracker._release_record()
+        pending = [e for entries in left.values() for e in entries]
+        if pending:
+            print(f"coroseg: {describe(pending)} not in MLflow yet (uploads stopped after at most "
+                  f"{drain_seconds():.0f} s); the journal in {self.record_dir} keeps them.\n"
+                  f"coroseg: send them with: coroseg sync {self.record_dir}", file=sys.stderr, flush=True)
 
-    def log_artifact(self, local_path: Path, artifact_dir: str) -> None:
-        self._guard(
-            f"uploading {artifact_dir}/{Path(local_path).name}",
-            lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_dir),
-        )
-
-    def log_model(self, model: Any, input_example: Any, metadata: dict[str, Any], extra_files: list[str]) -> None:
-        import mlflow.pytorch
-
-        self._guard(
-            "logging the model",
-            lambda: mlflow.pytorch.log_model(
-                model,
-                name=MODEL_NAME,
-                signature=model_signature(),
-                input_example=input_example,
-                pip_requirements=pip_requirements(),
-                metadata=metadata,
-                extra_files=extra_files,
-                serialization_format="pt2",  # a graph, not a pickle: safe to load from anyone
-            ),
-        )
-
-    def child(self) -> Tracker:
-        if self.failed or self.run_id is None:
-            return Tracker()      # the user was told once already; folds train on without tracking
-        return MlflowTracker(self.tracking_uri, self.experiment, self.record_dir,
-                             parent_experiment_id=self.experiment_id)
-
-    def finish(self, status: str = "FINISHED") -> None:
-        import mlflow
-
-        if self.run_id is None:
-            return
-        # Ending the run also stops the system-metrics thread, so do it even after a failure.
-        try:
-            mlflow.end_run(status=status if not self.failed else "FAILED")
-        except Exception as exc:  # noqa: BLE001 - the server may be gone; the work is done anyway
-            log.warning("could not close the MLflow run: %s", redact_text(first_line(exc)))
+    def _descendants(self) -> list["MlflowTracker"]:
+        return [d for c in self.children for d in (*c._descendants(), c)]

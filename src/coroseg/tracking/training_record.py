@@ -15,6 +15,7 @@ from coroseg.data.dataset import TrainingData
 from coroseg.inference.model_loading import model_metadata
 from coroseg.models import SegmentationModel, parameter_count
 from coroseg.training.checkpoint import sha256, weights_bytes
+from coroseg.training.state import TrainingState, save_state
 from coroseg.training.trainer import EpochResult, Preview, TrainResult
 from coroseg.tracking import layout
 from coroseg.tracking.environment import environment_params
@@ -60,13 +61,15 @@ class TrainingRecord:
     """The `TrainingEvents` that write the record of one training run."""
 
     def __init__(self, record: RunRecord, config: TrainConfig, data: TrainingData, env: dict[str, Any],
-                 model: SegmentationModel) -> None:
+                 model: SegmentationModel, resumed: bool = False) -> None:
         self.record, self.tracker = record, record.tracker
         self.config, self.data, self.env = config, data, env
         self.parameters = parameter_count(model)
         self.logs = LogCapture()
         self.started = time.time()
         self.postprocessing: dict[str, Any] | None = None     # set by `end`, recorded in the model metadata
+        self.resumed = resumed               # carries on a run whose record this is (`train --resume`)
+        self.earlier_log = ""                # that run's log so far
 
     # -- start ---------------------------------------------------------------------------------
     def resolved_config(self) -> dict[str, Any]:
@@ -82,8 +85,14 @@ class TrainingRecord:
             "val_names": self.data.val.names,
         }
 
-    def begin(self) -> str | None:
+    def begin(self, resume_run_id: str | None = None) -> str | None:
+        """Start the run, or carry on `resume_run_id`: its params and configuration are recorded already,
+        and its log goes on after the earlier processes' lines."""
         logging.getLogger("coroseg").addHandler(self.logs)
+        if self.resumed:
+            self.earlier_log = self._earlier_log()
+        if resume_run_id is not None:
+            return self.tracker.start(self.config.run_name, layout.TRAINING_TAGS, resume_run_id=resume_run_id)
         run_id = self.tracker.start(self.config.run_name, layout.TRAINING_TAGS)
         params = {
             **run_params(self.config, self.env),
@@ -157,10 +166,24 @@ class TrainingRecord:
         self.record.write_text("summary", "summary.md", _run_markdown(summary, history))
         self.tracker.log_model(best, example, self.model_metadata(), [str(weights)])
 
+    def _earlier_log(self) -> str:
+        """The log of the run's earlier processes: the whole log when one closed it, else (after SIGKILL) the
+        lines of its epochs."""
+        whole = self.record.path("log", "training.log")
+        if whole.is_file():
+            return whole.read_text()
+        epochs = sorted(self.record.root.glob(layout.CATEGORIES["epoch_log"].format(epoch="epoch_*") + "/epoch.log"))
+        return "".join(path.read_text() for path in epochs)
+
+    def on_checkpoint(self, state: TrainingState) -> None:
+        """The last finished epoch's full state, kept in the local record for `--resume` (not uploaded)."""
+        state.run_id = self.tracker.run_id
+        save_state(self.record.root, state)
+
     def close(self, status: str) -> None:
         """The whole log is kept whatever happened, a crash included."""
         logging.getLogger("coroseg").removeHandler(self.logs)
-        self.record.write_text("log", "training.log", self.logs.text())
+        self.record.write_text("log", "training.log", self.earlier_log + self.logs.text())
         self.tracker.finish(status)
 
     def model_metadata(self) -> dict[str, Any]:

@@ -18,10 +18,13 @@ from coroseg.models import build_model, family
 from coroseg.tracking import layout
 from coroseg.tracking.base import Tracker, make_tracker
 from coroseg.tracking.environment import environment, resolve_device
-from coroseg.tracking.layout import MODEL_NAME, WEIGHTS_FILE
+from coroseg.tracking.layout import MODEL_NAME
 from coroseg.tracking.record import RunRecord, markdown_rows, markdown_table, new_record_dir, to_csv
 from coroseg.tracking.training_record import TrainingRecord, resolved_config, run_params
-from coroseg.training.trainer import EpochResult, best_model, seed_everything, train
+from coroseg.training.resume import Resume, check_data
+from coroseg.training.signals import StopSignals
+from coroseg.training.state import TrainingState
+from coroseg.training.trainer import EpochResult, TrainingInterrupted, best_model, seed_everything, train
 
 log = logging.getLogger("coroseg")
 
@@ -46,17 +49,6 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80]
 
 
-def _save_local_model(best, example, record: TrainingRecord, folder: Path, weights: Path) -> None:
-    """Without a tracked model, keep a loadable MLflow model in the local record instead."""
-    import mlflow.pytorch
-
-    from coroseg.tracking.mlflow_tracker import model_signature, pip_requirements
-
-    mlflow.pytorch.save_model(best, str(folder), signature=model_signature(), input_example=example,
-                              pip_requirements=pip_requirements(), metadata=record.model_metadata(),
-                              extra_files=[str(weights)], serialization_format="pt2")
-
-
 def _initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     """The weights of `--init MODEL_URI`, checked against the model family before any run is created."""
     if config.init is None:
@@ -76,29 +68,34 @@ def _initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
 
 
 def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, env: dict, tracker: Tracker,
-                 record_dir: Path, init: dict[str, torch.Tensor] | None = None) -> TrainingOutcome:
-    """One training run (the whole job, or one cross-validation fold) with its complete record."""
+                 record_dir: Path, init: dict[str, torch.Tensor] | None = None,
+                 resume: TrainingState | None = None) -> TrainingOutcome:
+    """One training run (the whole job, or one cross-validation fold) with its complete record; with `resume`,
+    the rest of a run that was stopped."""
     started = time.perf_counter()
     seed_everything(config.seed)                      # the initial weights too depend on the seed
     model = build_model(config.model_family)
     if init is not None:
         model.load_state_dict(init)
-    session = TrainingRecord(RunRecord(record_dir, tracker), config, data, env, model)
+    session = TrainingRecord(RunRecord(record_dir, tracker), config, data, env, model, resumed=resume is not None)
     status = "FAILED"
     try:
-        session.begin()
+        session.begin(resume.run_id if resume else None)
         log.info("training %s on %s: %d train / %d val frames of %s px; local record %s",
                  config.model_family, device, len(data.train), len(data.val), config.image_size, record_dir)
-        result = train(config, data, model, device, session)
+        with StopSignals() as stop:
+            result = train(config, data, model, device, session, resume, stop)
+            if stop() is not None:                    # asked while the last epoch was recorded
+                raise TrainingInterrupted(stop())
         best = best_model(model, result)
         # A batch of 2: the pt2 export makes size-1 dimensions static, and the batch must stay dynamic.
         example = torch.cat([data.val.images, data.train.images])[:2].numpy()
         session.end(result, best, example)
-        local_model = record_dir / MODEL_NAME
-        if tracker.run_id is None or tracker.failed:
-            _save_local_model(best, example, session, local_model,
-                              session.record.path("final_weights", WEIGHTS_FILE))
         status = "FINISHED"
+    except TrainingInterrupted as stopped:
+        status = "KILLED"
+        stopped.record_dir, stopped.run_id = record_dir, tracker.run_id
+        raise
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -108,7 +105,7 @@ def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, 
     return TrainingOutcome(
         run_id=tracker.run_id,
         record_dir=record_dir,
-        model_uri=f"runs:/{tracker.run_id}/{MODEL_NAME}" if tracked else str(local_model),
+        model_uri=f"runs:/{tracker.run_id}/{MODEL_NAME}" if tracked else str(record_dir / MODEL_NAME),
         best_val_dice=result.best_val_dice,
         tracking_failed=tracker.failed,
         history=result.history,
@@ -146,7 +143,7 @@ def _cross_validate(config: TrainConfig, folds: list[TrainingData], device: torc
         for i, data in enumerate(folds, 1):
             log.info("fold %d/%d", i, len(folds))
             fold_config = replace(config, run_name=f"{config.run_name}-fold{i}")
-            outcomes.append(_train_split(fold_config, data, device, env, tracker.child(), record_dir / f"fold_{i}",
+            outcomes.append(_train_split(fold_config, data, device, env, tracker.child(), layout.fold_record_dir(record_dir, i),
                                          init))
         rows = [_fold_row(i, o) for i, o in enumerate(outcomes, 1)]
         summary = _cv_summary(rows)
@@ -155,6 +152,9 @@ def _cross_validate(config: TrainConfig, folds: list[TrainingData], device: torc
         record.write_json("summary", "cross_validation.json", {**summary, "folds": rows})
         record.write_text("summary", "cross_validation.md", _cv_markdown(summary, rows))
         status = "FINISHED"
+    except TrainingInterrupted as stopped:
+        status, stopped.record_dir, stopped.run_id = "KILLED", None, tracker.run_id   # folds do not resume yet
+        raise
     finally:
         tracker.finish(status)
     best = max(outcomes, key=lambda o: o.best_val_dice)
@@ -167,6 +167,17 @@ def _cross_validate(config: TrainConfig, folds: list[TrainingData], device: torc
 def _cv_markdown(summary: dict[str, float], rows: list[dict]) -> str:
     table = markdown_rows(rows, ["fold", "best_epoch", "best_val_dice", "val_loss_at_best", "run_id"])
     return "# Cross-validation\n\n" + markdown_table(summary) + "\n## Folds\n\n" + table
+
+
+def resume_training(config: TrainConfig, resume: Resume) -> TrainingOutcome:
+    """The rest of a stopped run, into its own record and MLflow run."""
+    device = resolve_device(config.device)
+    splits = load_training_data(config)
+    check_data(resume, splits[0].digest)
+    tracker = make_tracker(config.tracking, config.tracking_uri, config.experiment, resume.record_dir,
+                           config.system_metrics)
+    return _train_split(config, splits[0], device, environment(device), tracker, resume.record_dir,
+                        resume=resume.state)
 
 
 def run_training(config: TrainConfig) -> TrainingOutcome:

@@ -13,6 +13,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ from coroseg.data.dataset import Frames, TrainingData
 from coroseg.models import SegmentationModel
 from coroseg.training.losses import build_loss
 from coroseg.training.postprocess import choose_postprocessing
+from coroseg.training.state import TrainingState, restore_rng, rng_state
 
 log = logging.getLogger("coroseg")
 
@@ -81,6 +83,22 @@ class TrainingEvents(Protocol):
 
     def on_best(self, result: EpochResult, model: SegmentationModel, optimizer: torch.optim.Optimizer) -> None: ...
 
+    def on_checkpoint(self, state: TrainingState) -> None: ...
+
+
+class TrainingInterrupted(Exception):
+    """A stop was asked for (SIGTERM, Ctrl-C); the loop left at a batch boundary, the last finished epoch's
+    state is already saved."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+        self.record_dir = None       # set by the run that stopped, when it can be resumed
+        self.run_id: str | None = None
+
+
+StopCheck = Callable[[], "int | None"]      # the signal that asked to stop, or None
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -116,7 +134,8 @@ def _fov_logits(model: SegmentationModel, images: torch.Tensor, fov: torch.Tenso
     return logits.float().masked_fill(fov < 0.5, OUTSIDE_FOV_LOGIT)
 
 
-def _train_epoch(model, frames: Frames, config, optimizer, schedule, augment, loss_fn, device, epoch) -> float:
+def _train_epoch(model, frames: Frames, config, optimizer, schedule, augment, loss_fn, device, epoch,
+                 stop: StopCheck | None = None) -> float:
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
     order = torch.randperm(len(frames), generator=generator)
@@ -137,6 +156,9 @@ def _train_epoch(model, frames: Frames, config, optimizer, schedule, augment, lo
         schedule.step()
         total += loss.item() * len(idx)
         progress.set_postfix(loss=f"{loss.item():.4f}")
+        if stop is not None and (signum := stop()) is not None:
+            progress.close()
+            raise TrainingInterrupted(signum)
     return total / len(frames)
 
 
@@ -182,9 +204,37 @@ def _preview(frames: Frames, probabilities: torch.Tensor, count: int) -> Preview
     )
 
 
+def _checkpoint(epoch: int, since_best: int, model, optimizer, schedule, result: TrainResult) -> TrainingState:
+    return TrainingState(
+        epoch=epoch, since_best=since_best, best_epoch=result.best_epoch, best_val_dice=result.best_val_dice,
+        history=[asdict(h) for h in result.history], model=model.state_dict(), optimizer=optimizer.state_dict(),
+        schedule=schedule.state_dict(), rng=rng_state(), best_model=result.best_state,
+        best_val_probabilities=result.best_val_probabilities, stopped_early=result.stopped_early,
+        training_duration_seconds=result.training_duration_seconds)
+
+
+def _restore(state: TrainingState, model, optimizer, schedule, result: TrainResult) -> int:
+    """Put model, optimizer, schedule, RNGs and the results so far back as they were after `state.epoch`;
+    the early-stopping counter is returned."""
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    schedule.load_state_dict(state.schedule)
+    restore_rng(state.rng)
+    result.history = [EpochResult(**h) for h in state.history]
+    result.best_epoch, result.best_val_dice = state.best_epoch, state.best_val_dice
+    result.best_state, result.best_val_probabilities = state.best_model, state.best_val_probabilities
+    result.stopped_early, result.training_duration_seconds = state.stopped_early, state.training_duration_seconds
+    log.info("resuming after epoch %d (best val_dice %.4f at epoch %d)", state.epoch, state.best_val_dice,
+             state.best_epoch)
+    return state.since_best
+
+
 def train(
-    config: TrainConfig, data: TrainingData, model: SegmentationModel, device: torch.device, events: TrainingEvents
+    config: TrainConfig, data: TrainingData, model: SegmentationModel, device: torch.device, events: TrainingEvents,
+    resume: TrainingState | None = None, stop: StopCheck | None = None,
 ) -> TrainResult:
+    """Train from scratch, or carry on after `resume`'s epoch exactly as if never stopped; `stop` is asked
+    after every batch (TrainingInterrupted when it answers a signal)."""
     seed_everything(config.seed)
     model.to(device)
     steps = math.ceil(len(data.train) / config.batch_size)
@@ -192,9 +242,15 @@ def train(
     augment = BatchAugmentation().to(device) if config.augment else None
     loss_fn = build_loss(config.loss)
     result, since_best, started = TrainResult(), 0, time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    if resume is not None:
+        since_best = _restore(resume, model, optimizer, schedule, result)
+    previous_seconds = result.training_duration_seconds     # of the run's earlier processes, when resumed
+    for epoch in range(len(result.history) + 1, config.epochs + 1):
+        if result.stopped_early:
+            break
         t0 = time.perf_counter()
-        train_loss = _train_epoch(model, data.train, config, optimizer, schedule, augment, loss_fn, device, epoch)
+        train_loss = _train_epoch(model, data.train, config, optimizer, schedule, augment, loss_fn, device, epoch,
+                                  stop)
         t_train = time.perf_counter() - t0
         val_loss, val_dice, probabilities = _validate(model, data.val, config, loss_fn, device)
         vessel = vessel_metrics(probabilities, data.val)
@@ -216,12 +272,13 @@ def train(
         else:
             since_best += 1
         events.on_epoch_end(epoch_result, _preview(data.val, probabilities, config.val_samples), result.history)
-        if since_best >= config.patience and epoch < config.epochs:
+        result.stopped_early = since_best >= config.patience and epoch < config.epochs
+        result.training_duration_seconds = previous_seconds + time.perf_counter() - started
+        events.on_checkpoint(_checkpoint(epoch, since_best, model, optimizer, schedule, result))
+        if result.stopped_early:
             log.info("early stop: no better val_dice for %d epochs (best %.4f at epoch %d)",
                      since_best, result.best_val_dice, result.best_epoch)
-            result.stopped_early = True
-            break
-    result.training_duration_seconds = time.perf_counter() - started
+    result.training_duration_seconds = previous_seconds + time.perf_counter() - started
     if result.best_val_probabilities is not None:
         result.postprocessing = choose_postprocessing(result.best_val_probabilities, data.val.masks)
         log.info("post-processing chosen on validation: threshold %.2f, min component %.4f of the frame; "

@@ -1,0 +1,208 @@
+"""The background uploader: drains a record's journal to MLflow while the work goes on.
+
+One daemon thread and one `MlflowClient` per tracker. The caller's thread only appends to the journal and
+hands the entry over; a failed call leaves its entries pending and is retried after a pause, so an outage
+of the server costs nothing but time on this thread. At the end the command gives the uploader a bounded
+time (`COROSEG_UPLOAD_DRAIN_SECONDS`) and leaves it behind after that: whatever is left is in the journal
+for `coroseg sync`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+from coroseg.errors import first_line
+from coroseg.tracking.journal import Journal
+from coroseg.tracking.redact import redact_text
+
+log = logging.getLogger("coroseg")
+
+DRAIN_ENV = "COROSEG_UPLOAD_DRAIN_SECONDS"
+DEFAULT_DRAIN_S = 60.0
+START_WAIT_S = 10.0          # how long `start` waits for the new run's id before the work goes on without it
+_BACKOFF_S = (1, 2, 5, 10, 30)
+_DRAIN_ATTEMPTS = 2          # failed tries in a row, once draining, before the rest is left to `coroseg sync`
+
+
+def drain_seconds() -> float:
+    """The drain bound from the environment; a bad value is reported and the default used."""
+    raw = os.environ.get(DRAIN_ENV)
+    if raw is None:
+        return DEFAULT_DRAIN_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        log.warning("%s=%r: not a number of seconds >= 0; using %.0f", DRAIN_ENV, raw, DEFAULT_DRAIN_S)
+        return DEFAULT_DRAIN_S
+    return value
+
+
+class ParentNotReady(RuntimeError):
+    """A fold's run waits for its parent run to exist on the server."""
+
+
+class FailureReport:
+    """Tells the user once per command (folds share their parent's) that uploads fail, and where the record is."""
+
+    def __init__(self, record_dir: Path) -> None:
+        self.record_dir = record_dir
+        self.told = False
+        self._lock = threading.Lock()
+
+    def __call__(self, action: str, exc: BaseException) -> None:
+        said = redact_text(first_line(exc))
+        with self._lock:
+            if self.told:
+                log.debug("upload failed again while %s: %s", action, said)
+                return
+            self.told = True
+        print(f"coroseg: MLflow tracking failed while {action} ({type(exc).__name__}: {said}). The work goes on; "
+              f"the complete record is kept in {self.record_dir}, uploads are retried in the background and "
+              f"`coroseg sync` sends what is left.", file=sys.stderr, flush=True)
+
+
+def _action(entry: dict[str, Any] | None) -> str:
+    kind = entry["kind"] if entry else ""
+    if kind in ("start", "resume"):
+        return "starting the run"
+    if kind == "artifact":
+        return f"uploading {entry['artifact_dir']}/{Path(entry['path']).name}"
+    if kind == "model":
+        return "logging the model"
+    if kind == "finish":
+        return "closing the run"
+    return f"logging {kind or 'to the run'}"
+
+
+class Uploader:
+    def __init__(self, journal: Journal, tracking_uri: str | None, experiment: str,
+                 report: Callable[[str, BaseException], None],
+                 parent_run_id: Callable[[], str | None] | None = None) -> None:
+        self.journal = journal
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.report = report
+        self.parent_run_id = parent_run_id
+        self.run_id: str | None = None
+        self.opened = threading.Event()        # the run's creation was tried (and maybe failed)
+        self._client = None
+        self._pending: deque[dict[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closing = False
+        self._gave_up = False
+        self._draining = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="coroseg-uploader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, entry: dict[str, Any]) -> None:
+        with self._cond:
+            self._pending.append(entry)
+            self._cond.notify_all()
+
+    def drain(self, deadline: float) -> list[dict[str, Any]]:
+        """Wait until everything is sent, the uploader gave up, or `deadline` (time.monotonic) passed; what is
+        still pending. The thread is a daemon: one stuck on a server that never answers is left behind."""
+        with self._cond:
+            self._closing = True
+            self._draining.set()
+            self._cond.notify_all()
+            if self._thread.is_alive():
+                while (self._pending or self._busy) and not self._gave_up:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            return list(self._pending)
+
+    # -- the thread ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch, self._busy = list(self._pending), True
+            try:
+                self._send(batch)
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - server or network down: entries stay pending, retried
+                failures += 1
+                self.report(_action(self._head()), exc)
+                if self._draining.is_set() and failures >= _DRAIN_ATTEMPTS:
+                    self._give_up()
+                    return
+                self._idle()
+                self._draining.wait(_BACKOFF_S[min(failures, len(_BACKOFF_S)) - 1])  # a drain retries at once
+                if self._draining.is_set():
+                    failures = min(failures, _DRAIN_ATTEMPTS - 1)    # one more try once the drain has begun
+            finally:
+                self.opened.set()
+                self._idle()
+
+    def _head(self) -> dict[str, Any] | None:
+        with self._cond:
+            return self._pending[0] if self._pending else None
+
+    def _idle(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+    def _give_up(self) -> None:
+        with self._cond:
+            self._gave_up, self._busy = True, False
+            self._cond.notify_all()
+
+    def _send(self, batch: list[dict[str, Any]]) -> None:
+        from coroseg.tracking.sender import send_entries
+
+        if self.run_id is None:
+            self._open_run(batch[0])
+            batch = batch[1:]
+        send_entries(self._client, self.run_id, self.journal.record_dir, batch, self._mark)
+
+    def _mark(self, seqs: list[int], rejected: str | None) -> None:
+        self.journal.mark_sent(self.run_id, seqs, rejected)
+        if rejected:
+            log.warning("MLflow refused journal entries %s of %s for good: %s", seqs, self.journal.record_dir, rejected)
+        done = set(seqs)
+        with self._cond:
+            self._pending = deque(e for e in self._pending if e["seq"] not in done)
+
+    def _open_run(self, head: dict[str, Any]) -> None:
+        """Create the run from the journal's start entry (or reopen the run a resume entry names)."""
+        from coroseg.tracking.sender import create_run, send_run_state
+
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            from coroseg.tracking.store import prepare_store
+
+            prepare_store(self.tracking_uri)              # a new sqlite store is created under a lock
+            self._client = MlflowClient(self.tracking_uri)
+        parent = None
+        if head["kind"] == "resume":
+            send_run_state(self._client, head["run_id"], head)
+            run_id = head["run_id"]
+        else:
+            parent = self.parent_run_id() if self.parent_run_id else None
+            if self.parent_run_id and parent is None:
+                raise ParentNotReady("the parent run does not exist on the server yet")
+            run_id = create_run(self._client, head, self.experiment, parent)
+        self.journal.update_info(run_id=run_id, **({"parent_run_id": parent} if parent else {}))
+        self.run_id = run_id
+        self._mark([head["seq"]], None)
