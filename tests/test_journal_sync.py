@@ -244,11 +244,13 @@ def test_a_resumed_run_carries_on_its_journal_and_its_mlflow_run(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     record = tmp_path / "record"
     first = MlflowTracker(store, "resume", record)
-    run_id = first.start("resumed", {"task": "t"})
+    first.start("resumed", {"task": "t"})
+    run_id = first.run_id
     first.log_metrics({"val_dice": 0.1}, step=1)
     first.finish("KILLED")
     again = MlflowTracker(store, "resume", record)
-    assert again.start("resumed", {"task": "t"}, resume_run_id=run_id) == run_id
+    again.start("resumed", {"task": "t"}, resume_run_id=run_id)
+    assert again.run_id == run_id
     again.log_metrics({"val_dice": 0.2}, step=2)
     again.finish("FINISHED")
     client = MlflowClient(tracking_uri=store)

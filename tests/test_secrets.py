@@ -117,13 +117,13 @@ def test_mlflow_tracker_redacts_params_and_tags(tmp_path):
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MlflowTracker(store, "redaction")
-    run_id = tracker.start("redaction", {"source": f"s3://b/k?X-Amz-Signature={TOKEN}"})
+    tracker.start("redaction", {"source": f"s3://b/k?X-Amz-Signature={TOKEN}"})
     try:
         tracker.log_params({"init": f"http://u:{TOKEN}@h/models", "note": f"token={TOKEN}"})
         tracker.set_tags({"origin": f"https://h/?api_key={TOKEN}"})
     finally:
         tracker.finish()
-    run = MlflowClient(tracking_uri=store).get_run(run_id)
+    run = MlflowClient(tracking_uri=store).get_run(tracker.run_id)
     assert run.data.params["note"] == "token=***"
     assert run.data.tags["origin"] == "https://h/?api_key=***"
     assert not [v for v in {**run.data.params, **run.data.tags}.values() if TOKEN in v]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from functools import wraps
@@ -74,6 +75,13 @@ def main() -> None:
     names another; `coroseg ui` shows them.
     """
     _setup_logging()
+
+
+@main.result_callback()
+def _quick_exit(*_args, **_kwargs) -> None:
+    """Freeze the objects left for the interpreter's exit: its last garbage collection over torch, MONAI and
+    MLflow objects otherwise costs 3-4 s after the work is done."""
+    gc.freeze()
 
 
 @main.command()

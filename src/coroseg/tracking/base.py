@@ -17,7 +17,8 @@ class Tracker:
     failed: bool = False
 
     def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str | None:
-        """Open a new run, or carry on `resume_run_id` (same id, later steps); its id, or None."""
+        """Open a new run, or carry on `resume_run_id` (same id, later steps). Returns the run's id when it is
+        known at once, else None: `run_id` gives it (waiting, briefly, for a run still being created)."""
         return None
 
     def log_params(self, params: dict[str, Any]) -> None:

@@ -61,7 +61,12 @@ class MlflowTracker(JournalTracker):
 
     @property
     def run_id(self) -> str | None:
-        return self.uploader.run_id if self.uploader else None
+        """The MLflow run's id; asked before the uploader created the run, it waits for it, briefly."""
+        if self.uploader is None:
+            return None
+        if not self.finished and self.uploader.running():
+            self.uploader.opened.wait(START_WAIT_S)
+        return self.uploader.run_id
 
     @property
     def failed(self) -> bool:
@@ -71,9 +76,9 @@ class MlflowTracker(JournalTracker):
     def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str | None:
         super().start(run_name, tags, resume_run_id)
         self.uploader.start()
-        # The run id is part of the record (summaries, checkpoints): wait briefly for it, never for long.
-        self.uploader.opened.wait(START_WAIT_S)
-        return self.run_id
+        # Not waited for here: creating the run (MLflow's import, the store, the server) overlaps with loading
+        # the data and the first epoch; whoever needs the id first (`run_id`) waits for it then.
+        return self.uploader.run_id
 
     def _opened(self) -> None:
         parent_run_id = (lambda: self.parent.run_id) if self.parent else None

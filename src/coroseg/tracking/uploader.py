@@ -106,6 +106,9 @@ class Uploader:
     def start(self) -> None:
         self._thread.start()
 
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def submit(self, entry: dict[str, Any]) -> None:
         with self._cond:
             self._pending.append(entry)
