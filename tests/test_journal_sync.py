@@ -86,8 +86,12 @@ def test_drain_bound_comes_from_the_environment(monkeypatch):
 
     monkeypatch.setenv("COROSEG_UPLOAD_DRAIN_SECONDS", "7.5")
     assert drain_seconds() == 7.5
-    monkeypatch.setenv("COROSEG_UPLOAD_DRAIN_SECONDS", "soon")
+    monkeypatch.delenv("COROSEG_UPLOAD_DRAIN_SECONDS")
     assert drain_seconds() == DEFAULT_DRAIN_S
+    monkeypatch.setenv("COROSEG_UPLOAD_DRAIN_SECONDS", "soon")
+    result = run_cli("train", "--no-tracking")              # refused before any work
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "coroseg: error: COROSEG_UPLOAD_DRAIN_SECONDS='soon': must be a number"
 
 
 def test_sync_of_a_no_tracking_record_creates_the_run_once(tmp_path, small_config):

@@ -75,6 +75,20 @@ def main() -> None:
     names another; `coroseg ui` shows them.
     """
     _setup_logging()
+    _check_settings()
+
+
+def _check_settings() -> None:
+    """COROSEG_* settings are read where used; a bad one is an error here, before any work or run."""
+    from coroseg.data.imageio import max_pixels
+    from coroseg.tracking.uploader import drain_seconds
+
+    try:
+        max_pixels()
+        drain_seconds()
+    except InputError as exc:
+        click.echo(f"coroseg: error: {exc}", err=True)
+        sys.exit(2)
 
 
 @main.result_callback()

@@ -6,7 +6,6 @@ a 90 KB PNG can claim 20,000 x 20,000 pixels and take gigabytes once decoded.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from coroseg.errors import InputError
+from coroseg.settings import env_number
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg")
 MAX_PIXELS_ENV = "COROSEG_MAX_IMAGE_PIXELS"
@@ -25,16 +25,7 @@ ANTIALIASED_FRACTION = 0.01       # pixels between 0 and full scale a 0/255 mask
 
 def max_pixels() -> int:
     """coroseg's pixel limit per frame: COROSEG_MAX_IMAGE_PIXELS, else 8192 x 8192."""
-    value = os.environ.get(MAX_PIXELS_ENV)
-    if value is None:
-        return DEFAULT_MAX_PIXELS
-    try:
-        limit = int(value)
-    except ValueError:
-        raise InputError(f"{MAX_PIXELS_ENV}={value!r}: must be a whole number of pixels") from None
-    if limit < 1:
-        raise InputError(f"{MAX_PIXELS_ENV}={value!r}: must be at least 1")
-    return limit
+    return env_number(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, int, minimum=1)
 
 
 def check_pixel_count(path: Path, width: int, height: int) -> None:

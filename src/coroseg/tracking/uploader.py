@@ -10,7 +10,6 @@ for `coroseg sync`.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from coroseg.errors import first_line
+from coroseg.settings import env_number
 from coroseg.tracking.journal import Journal
 from coroseg.tracking.redact import redact_text
 
@@ -32,18 +32,8 @@ _DRAIN_ATTEMPTS = 2          # failed tries in a row, once draining, before the 
 
 
 def drain_seconds() -> float:
-    """The drain bound from the environment; a bad value is reported and the default used."""
-    raw = os.environ.get(DRAIN_ENV)
-    if raw is None:
-        return DEFAULT_DRAIN_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        log.warning("%s=%r: not a number of seconds >= 0; using %.0f", DRAIN_ENV, raw, DEFAULT_DRAIN_S)
-        return DEFAULT_DRAIN_S
-    return value
+    """The drain bound: COROSEG_UPLOAD_DRAIN_SECONDS, else 60 s (a bad value is an error when tracking starts)."""
+    return env_number(DRAIN_ENV, DEFAULT_DRAIN_S, float, minimum=0)
 
 
 class ParentNotReady(RuntimeError):
