@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from coroseg.tracking import layout
 from coroseg.tracking.record import atomic_write, to_json
 
@@ -111,6 +113,19 @@ class Journal:
             info = {**self.info(), **fields}
             atomic_write(self.info_path, to_json(info).encode())
         return info
+
+
+def hold_record(record_dir: Path) -> FileLock | None:
+    """The record's lock, taken without waiting (it goes with the process that holds it); None when another
+    process holds it: the tracker of a running command, or a running `coroseg sync`."""
+    lock_path = Path(record_dir) / layout.RECORD_LOCK
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    return lock
 
 
 def describe(entries: list[dict[str, Any]]) -> str:

@@ -10,12 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from coroseg.errors import first_line
 from coroseg.tracking import layout
 from coroseg.tracking.base import Tracker
-from coroseg.tracking.journal import Journal
+from coroseg.tracking.journal import Journal, hold_record
 from coroseg.tracking.redact import redact_text, redact_uri
 from coroseg.tracking.sender import PARAM_VALUE_LIMIT
 
@@ -77,14 +77,12 @@ class JournalTracker(Tracker):
         self._append("tags", tags=redacted(tags))
 
     def log_artifact(self, local_path: Path, artifact_dir: str) -> None:
-        path = Path(local_path)
-        inside = path.resolve().is_relative_to(self.record_dir.resolve())
-        self._append("artifact", path=str(path.resolve().relative_to(self.record_dir.resolve()) if inside else path),
+        path, root = Path(local_path).resolve(), self.record_dir.resolve()
+        self._append("artifact", path=str(path.relative_to(root) if path.is_relative_to(root) else path),
                      artifact_dir=artifact_dir)
 
     def log_model(self, model: Any, input_example: Any, metadata: dict[str, Any], extra_files: list[str]) -> None:
-        # Saved by `finish`, not here: until then the caller may save the same folder itself (run.py keeps
-        # a local model so when the run is not tracked), and the journal names the folder once it is complete.
+        # Saved by `finish`, not here: the journal names the folder only once it is complete.
         self._model = (model, input_example, metadata, extra_files)
 
     def child(self) -> Tracker:
@@ -156,15 +154,10 @@ class JournalTracker(Tracker):
         self._append("model", path=layout.MODEL_NAME, name=layout.MODEL_NAME)
 
     def _hold_record(self) -> None:
-        """Tell `coroseg sync` that this process writes the record (the lock goes with the process)."""
-        lock_path = self.record_dir / layout.RECORD_LOCK
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        self._record_lock = FileLock(str(lock_path))
-        try:
-            self._record_lock.acquire(timeout=0)
-        except Timeout:
+        """Tell `coroseg sync` that this process writes the record."""
+        self._record_lock = hold_record(self.record_dir)
+        if self._record_lock is None:
             log.warning("%s: another process holds this record (a running `coroseg sync`?)", self.record_dir)
-            self._record_lock = None
 
     def _release_record(self) -> None:
         if self._record_lock is not None:

@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from coroseg.errors import InputError
 from coroseg.tracking import layout
-from coroseg.tracking.journal import Journal, describe
+from coroseg.tracking.journal import Journal, describe, hold_record
 from coroseg.tracking.redact import MASK
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
@@ -43,10 +41,6 @@ class SyncResult:
         return f"{self.record}: {what} to {where}"
 
 
-def _is_record(folder: Path) -> bool:
-    return Journal.exists(folder)
-
-
 def find_records(paths: list[Path], default_root: Path) -> list[Path]:
     """The records in `paths` and below them (fold records), parents first; with no path, those under
     `default_root` that have something pending."""
@@ -57,8 +51,9 @@ def find_records(paths: list[Path], default_root: Path) -> list[Path]:
             if paths:
                 raise InputError(f"{root}: no such record folder")
             continue
-        below = [p.parent.parent for p in root.rglob("journal.jsonl")
-                 if p.parent.name == ".coroseg" and layout.EARLIER_JOURNALS not in str(p)]
+        # a record is the folder that holds .coroseg/journal.jsonl
+        below = [p.parents[len(Path(layout.JOURNAL_FILE).parts) - 1] for p in root.rglob(layout.JOURNAL_FILE)
+                 if layout.EARLIER_JOURNALS not in str(p)]
         if paths and not below:
             raise InputError(f"{root}: not a coroseg record (no {layout.JOURNAL_FILE} in it or below it)")
         found += [p for p in below if p not in found]
@@ -75,10 +70,8 @@ def has_pending(record: Path) -> bool:
 
 def sync_record(record: Path, tracking_uri: str | None) -> SyncResult:
     """Send `record`'s pending entries; raises what MLflow raises when the server fails."""
-    lock = FileLock(str(record / layout.RECORD_LOCK))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
+    lock = hold_record(record)
+    if lock is None:
         return SyncResult(record, skipped="a running coroseg process is writing it; its own uploader sends it")
     try:
         return _sync(record, tracking_uri)
