@@ -21,8 +21,9 @@ from coroseg.data.dataset import load_training_data
 from coroseg.data.imageio import read_gray
 from coroseg.data.pairs import find_pairs, load_mask
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
-from coroseg.inference.model_loading import LoadedModel, model_metadata
+from coroseg.inference.model_loading import LoadedModel
 from coroseg.inference.predictor import Predictor
+from coroseg.model_spec import ModelSpec
 from coroseg.models import build_model
 from coroseg.training.trainer import best_model, train
 
@@ -60,8 +61,8 @@ def real_dice(model, device, data_dir: Path, image_size: int) -> tuple[dict[str,
     pairs = find_pairs(data_dir)
     frames = [read_gray(p.image) for p in pairs]
     truths = [load_mask(p.mask) for p in pairs]
-    metadata = model_metadata(replace(TrainConfig(), image_size=image_size), None)
-    predictor = Predictor(LoadedModel(model.to(device).eval(), metadata, "in-memory"), batch_size=8)
+    spec = ModelSpec.of_training(replace(TrainConfig(), image_size=image_size))
+    predictor = Predictor(LoadedModel(model.to(device).eval(), spec, "in-memory"), batch_size=8)
     predictor.predict(frames[:8])                           # warm-up
     sync(device)
     t0 = time.perf_counter()

@@ -29,8 +29,9 @@ from coroseg.data.dataset import load_training_data
 from coroseg.data.imageio import read_gray
 from coroseg.data.pairs import find_pairs, load_mask
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
-from coroseg.inference.model_loading import LoadedModel, model_metadata
+from coroseg.inference.model_loading import LoadedModel
 from coroseg.inference.predictor import Predictor
+from coroseg.model_spec import ModelSpec
 from coroseg.models import build_model
 from coroseg.training.trainer import best_model, seed_everything, train
 
@@ -42,6 +43,9 @@ class Quiet:
         pass
 
     def on_best(self, result, model, optimizer):
+        pass
+
+    def on_checkpoint(self, state):
         pass
 
 
@@ -67,7 +71,8 @@ def score_fold(model, config, result, device, pairs_by_name, val_names, tta: boo
     model (same preprocessing and chosen post-processing), and score them inside their field of view."""
     frames = [read_gray(pairs_by_name[n].image) for n in val_names]
     truths = [load_mask(pairs_by_name[n].mask) for n in val_names]
-    loaded = LoadedModel(model.to(device).eval(), model_metadata(config, result.postprocessing), "in-memory")
+    spec = ModelSpec.of_training(config, result.postprocessing.chosen if result.postprocessing else None)
+    loaded = LoadedModel(model.to(device).eval(), spec, "in-memory")
     predictions = Predictor(loaded, batch_size=8, tta=tta).predict(frames)
     return [image_metrics(p.mask, t, p.fov) for p, t in zip(predictions, truths)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,13 +79,40 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"{url} did not answer within {timeout}s")
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a process by PID; one started in its own session (a server) goes with its whole process group."""
+    def send(s: int) -> None:
+        try:
+            if os.getpgid(process.pid) == process.pid:
+                os.killpg(process.pid, s)
+            else:
+                os.kill(process.pid, s)
+        except ProcessLookupError:
+            pass
+
+    send(sig)
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        process.kill()
+        send(signal.SIGKILL)
         process.wait()
+
+
+def start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on loopback with a SQLite store in `folder`, in its own process group so that
+    `stop` (even SIGKILL) takes its helpers along. Without MLflow's GenAI job runners, which coroseg does not
+    use and which start several more processes."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+    except BaseException:
+        stop(process)
+        raise
+    return process
 
 
 @pytest.fixture(scope="session")
@@ -131,6 +159,16 @@ def trained(tmp_path_factory, small_config) -> TrainedRun:
     return TrainedRun(workdir, store, result.value("run_id"), workdir / result.value("local_record"), result)
 
 
+@pytest.fixture(scope="session")
+def local_model(trained, tmp_path_factory) -> str:
+    """The fixture run's model folder, downloaded from the store (do not change it: copy it first)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(trained.store)     # a logged model's runs:/ path resolves through the global URI
+    return mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/pytorch_model", tracking_uri=trained.store,
+                                               dst_path=str(tmp_path_factory.mktemp("model")))
+
+
 @pytest.fixture()
 def client(trained):
     from mlflow import MlflowClient
@@ -141,15 +179,9 @@ def client(trained):
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real MLflow tracking server on loopback, stopped by PID at the end."""
-    folder = tmp_path_factory.mktemp("server")
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder,
-    )
+    process = start_mlflow_server(tmp_path_factory.mktemp("server"), port)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)

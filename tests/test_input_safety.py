@@ -40,15 +40,6 @@ def predict_into(tmp_path, model, source):
     return result, store
 
 
-@pytest.fixture(scope="module")
-def local_model(trained, tmp_path_factory) -> str:
-    import mlflow
-
-    mlflow.set_tracking_uri(trained.store)     # a logged model's runs:/ path resolves through the global URI
-    return mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/pytorch_model", tracking_uri=trained.store,
-                                               dst_path=str(tmp_path_factory.mktemp("model")))
-
-
 # -- sizes ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("side", [20_000, 12_000])

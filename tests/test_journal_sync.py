@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from coroseg.tracking import layout
 from coroseg.tracking.journal import Journal
-from tests.conftest import free_port, run_cli, stop, wait_http
+from tests.conftest import free_port, run_cli, start_mlflow_server, stop
 from tests.test_training_run import all_artifacts
 
 
@@ -24,15 +25,6 @@ def _env(**extra: str) -> dict[str, str]:
     # conftest's in-process runs may have set MLFLOW_TRACKING_URI
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return {**env, **extra}
-
-
-def _server(folder: Path, port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(folder / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder)
-    wait_http(f"http://127.0.0.1:{port}/health")
-    return process
 
 
 def _train(workdir: Path, config: Path, uri: str, *args: str, **env: str) -> subprocess.Popen:
@@ -190,16 +182,15 @@ def test_server_killed_mid_training_then_sync_makes_the_run_equal_the_record(tmp
     folder, port = tmp_path / "server", free_port()
     folder.mkdir()
     uri = f"http://127.0.0.1:{port}"
-    server = _server(folder, port)
+    server = start_mlflow_server(folder, port)
     try:
         train = _train(tmp_path, small_config, uri, "--epochs", "5", "--experiment", "outage")
         seen = []
         for line in train.stderr:
             seen.append(line)
             if line.startswith("epoch 2/5"):
-                server.kill()                     # SIGKILL: no goodbye to its clients
-                server.wait()
-                server = _server(folder, port)    # back on the same store and port
+                stop(server, signal.SIGKILL)      # no goodbye to its clients
+                server = start_mlflow_server(folder, port)    # back on the same store and port
                 break
         stdout, rest = train.communicate(timeout=300)
         assert train.returncode == 0, "".join(seen) + rest

@@ -8,9 +8,12 @@ import torch
 
 from coroseg.inference.model_loading import LoadedModel
 from coroseg.inference.predictor import Predictor
+from coroseg.model_spec import ModelSpec
 from coroseg.training.postprocess import (
     MIN_COMPONENT_FRACTIONS,
     THRESHOLDS,
+    Postprocessing,
+    PostprocessingChoice,
     choose_postprocessing,
     remove_small_components,
 )
@@ -51,19 +54,17 @@ def bar_case(n: int = 3, size: int = 100) -> tuple[np.ndarray, np.ndarray]:
 def test_choose_postprocessing_finds_the_known_best():
     probs, truth = bar_case()
     chosen = choose_postprocessing(torch.from_numpy(probs), torch.from_numpy(truth))
-    assert chosen["threshold"] == 0.4               # 0.3..0.4 all find the bar; ties go to the one nearest 0.5
-    assert chosen["min_component_fraction"] == 0.0005    # the smallest fraction that drops the 4-pixel speck
-    assert chosen["val_dice_after"] == pytest.approx(1.0)
-    assert chosen["val_dice_before"] == pytest.approx(0.0)     # at 0.5 only the speck is predicted
-    assert chosen["val_dice_after"] >= chosen["val_dice_before"]
+    assert chosen.chosen.threshold == 0.4               # 0.3..0.4 all find the bar; ties go to the one nearest 0.5
+    assert chosen.chosen.min_component_fraction == 0.0005    # the smallest fraction that drops the 4-pixel speck
+    assert chosen.val_dice_after == pytest.approx(1.0)
+    assert chosen.val_dice_before == pytest.approx(0.0)     # at 0.5 only the speck is predicted
 
 
 def test_choose_postprocessing_keeps_the_defaults_when_nothing_is_better():
     truth = np.zeros((2, 1, 32, 32), dtype=np.float32)
     truth[:, :, 10:20, 5:25] = 1.0
     chosen = choose_postprocessing(truth * 0.9 + 0.05, truth)        # perfect at every threshold
-    assert chosen == {"threshold": 0.5, "min_component_fraction": 0.0, "val_dice_before": 1.0,
-                      "val_dice_after": 1.0}
+    assert chosen == PostprocessingChoice(Postprocessing(0.5, 0.0), val_dice_before=1.0, val_dice_after=1.0)
 
 
 class Identity(torch.nn.Module):
@@ -80,11 +81,11 @@ class Identity(torch.nn.Module):
 def test_predictor_masks_apply_the_metadata_threshold_and_min_component_fraction():
     probs, _ = bar_case(n=1)
     frame = probs[0, 0]
-    old = Predictor(LoadedModel(Identity(), {"image_size": 100}, "in-memory"))
-    assert old.model.min_component_fraction == 0.0 and old.model.threshold == 0.5
+    old = Predictor(LoadedModel(Identity(), ModelSpec.from_metadata({"image_size": 100}, "test"), "in-memory"))
+    assert old.model.spec.postprocessing == Postprocessing(threshold=0.5, min_component_fraction=0.0)
     assert np.array_equal(old.masks([frame])[0], frame > 0.5)        # older models: threshold 0.5 only
-    model = LoadedModel(Identity(), {"image_size": 100, "threshold": 0.4, "min_component_fraction": 0.0005},
-                        "in-memory")
+    metadata = {"image_size": 100, "threshold": 0.4, "min_component_fraction": 0.0005}
+    model = LoadedModel(Identity(), ModelSpec.from_metadata(metadata, "test"), "in-memory")
     predictor = Predictor(model)
     mask = predictor.masks([frame])[0]
     assert mask.dtype == bool and np.array_equal(mask, frame == np.float32(0.45))   # the bar, no speck

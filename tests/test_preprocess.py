@@ -18,6 +18,7 @@ from coroseg.data.preprocess import (
 )
 from coroseg.inference.model_loading import LoadedModel
 from coroseg.inference.predictor import Predictor
+from coroseg.model_spec import ModelSpec
 from coroseg.training.trainer import OUTSIDE_FOV_LOGIT, _fov_logits
 
 from .conftest import run_cli
@@ -168,11 +169,11 @@ class _EverywhereVessel(torch.nn.Module):
 def test_predictions_are_background_outside_the_field_of_view():
     frame = _collimated(_anatomy())
     metadata = {"image_size": 64, "preprocessing": Preprocessing().to_metadata()}
-    prediction = Predictor(LoadedModel(_EverywhereVessel(), metadata, "in-memory")).predict([frame])[0]
+    prediction = Predictor(LoadedModel(_EverywhereVessel(), ModelSpec.from_metadata(metadata, "test"), "in-memory")).predict([frame])[0]
     assert prediction.mask.shape == frame.shape
     assert np.array_equal(prediction.mask, prediction.fov) and not prediction.fov.all()
     assert (prediction.probabilities[~prediction.fov] == 0).all()
-    legacy = Predictor(LoadedModel(_EverywhereVessel(), {"image_size": 64}, "in-memory")).predict([frame])[0]
+    legacy = Predictor(LoadedModel(_EverywhereVessel(), ModelSpec.from_metadata({"image_size": 64}, "test"), "in-memory")).predict([frame])[0]
     assert legacy.mask.all()                      # a model recorded without preprocessing is used as before
 
 
@@ -208,7 +209,7 @@ class _LeftToRightRamp(torch.nn.Module):
 
 def test_flip_test_time_augmentation_averages_the_mirror_images():
     frame = np.random.default_rng(0).random((64, 64), dtype=np.float32)
-    model = LoadedModel(_LeftToRightRamp(), {"image_size": 64}, "in-memory")
+    model = LoadedModel(_LeftToRightRamp(), ModelSpec.from_metadata({"image_size": 64}, "test"), "in-memory")
     plain = Predictor(model).predict([frame])[0].probabilities
     assert plain[:, 0].max() < 0.05 and plain[:, -1].min() > 0.95
     averaged = Predictor(model, tta=True).predict([frame])[0].probabilities

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import EPOCHS, free_port, run_cli, stop, wait_http
+from tests.conftest import EPOCHS, free_port, run_cli, start_mlflow_server, stop, wait_http
 from tests.test_training_run import all_artifacts
 
 
@@ -52,12 +52,8 @@ def test_ui_serves_the_local_store_on_loopback_and_stops_on_sigterm(tmp_path):
 
 def test_server_dying_mid_run_does_not_stop_training(small_config, tmp_path):
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 's.db'}", "--artifacts-destination", str(tmp_path / "a")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    server = start_mlflow_server(tmp_path, port)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health")
         train = subprocess.Popen(
             [sys.executable, "-m", "coroseg", "train", "--config", str(small_config), "--epochs", "6",
              "--tracking-uri", f"http://127.0.0.1:{port}"],

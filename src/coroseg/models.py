@@ -7,9 +7,10 @@ the network's down-sampling needs, applies the sigmoid and crops back, so the lo
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,25 +19,22 @@ from torch import nn
 from coroseg.errors import InputError
 
 
-def _unet() -> nn.Module:
+def _unet(**kwargs: Any) -> nn.Module:
     from monai.networks.nets import UNet
 
-    # Instance norm with learnable affine: MONAI's default (no affine) trains several times slower here,
-    # as the output cannot shift the background logits far from zero (measured on synthetic frames).
-    return UNet(2, 1, 1, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2,
-                norm=("instance", {"affine": True}))
+    return UNet(**kwargs)
 
 
-def _attention_unet() -> nn.Module:
+def _attention_unet(**kwargs: Any) -> nn.Module:
     from monai.networks.nets import AttentionUnet
 
-    return AttentionUnet(2, 1, 1, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2))
+    return AttentionUnet(**kwargs)
 
 
-def _basic_unet() -> nn.Module:
+def _basic_unet(**kwargs: Any) -> nn.Module:
     from monai.networks.nets import BasicUNet
 
-    return BasicUNet(2, 1, 1, features=(16, 32, 64, 128, 256, 16))
+    return BasicUNet(**kwargs)
 
 
 class _FirstOutput(nn.Module):
@@ -50,30 +48,39 @@ class _FirstOutput(nn.Module):
         return self.net(x)[0]
 
 
-def _unetpp() -> nn.Module:
+def _unetpp(**kwargs: Any) -> nn.Module:
     from monai.networks.nets import BasicUNetPlusPlus
 
-    return _FirstOutput(BasicUNetPlusPlus(2, 1, 1, features=(16, 32, 64, 128, 256, 16)))
+    return _FirstOutput(BasicUNetPlusPlus(**kwargs))
 
 
-def _segresnet() -> nn.Module:
+def _segresnet(**kwargs: Any) -> nn.Module:
     from monai.networks.nets import SegResNet
 
-    return SegResNet(2, init_filters=16, in_channels=1, out_channels=1)
+    return SegResNet(**kwargs)
+
+
+# Every network takes one grey channel of a 2-D frame and gives one channel of logits.
+IO_KWARGS = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1}
+FEATURES = [16, 32, 64, 128, 256]
 
 
 @dataclass(frozen=True)
 class Family:
-    build: Callable[[], nn.Module]
-    divisor: int  # input sides must be multiples of this (total down-sampling factor)
+    network: Callable[..., nn.Module]
+    architecture: dict[str, Any]   # the constructor's keyword arguments, recorded with every model (JSON-able)
+    divisor: int                   # input sides must be multiples of this (total down-sampling factor)
 
 
 FAMILIES: dict[str, Family] = {
-    "unet": Family(_unet, 16),
-    "attention_unet": Family(_attention_unet, 16),
-    "basic_unet": Family(_basic_unet, 16),
-    "unetpp": Family(_unetpp, 16),
-    "segresnet": Family(_segresnet, 8),
+    # Instance norm with learnable affine: MONAI's default (no affine) trains several times slower here,
+    # as the output cannot shift the background logits far from zero (measured on synthetic frames).
+    "unet": Family(_unet, {**IO_KWARGS, "channels": FEATURES, "strides": [2, 2, 2, 2], "num_res_units": 2,
+                           "norm": ["instance", {"affine": True}]}, 16),
+    "attention_unet": Family(_attention_unet, {**IO_KWARGS, "channels": FEATURES, "strides": [2, 2, 2, 2]}, 16),
+    "basic_unet": Family(_basic_unet, {**IO_KWARGS, "features": [*FEATURES, 16]}, 16),
+    "unetpp": Family(_unetpp, {**IO_KWARGS, "features": [*FEATURES, 16]}, 16),
+    "segresnet": Family(_segresnet, {**IO_KWARGS, "init_filters": 16}, 8),
 }
 DEFAULT_FAMILY = "unet"
 
@@ -84,13 +91,20 @@ def family(name: str) -> Family:
     return FAMILIES[name]
 
 
-def build_network(name: str) -> nn.Module:
-    return family(name).build()
+def architecture_of(name: str, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The constructor's kwargs of a family: today's, overridden by those a model recorded when it was logged
+    (so it is rebuilt as it was trained, whatever the defaults are now). A model's own are checked by
+    `ModelSpec.from_metadata` before they get here."""
+    return {**copy.deepcopy(family(name).architecture), **copy.deepcopy(recorded or {})}
 
 
-def build_model(name: str) -> "SegmentationModel":
-    chosen = family(name)
-    return SegmentationModel(chosen.build(), chosen.divisor)
+def build_network(name: str, architecture: dict[str, Any] | None = None) -> nn.Module:
+    return family(name).network(**architecture_of(name, architecture))
+
+
+def build_model(name: str, architecture: dict[str, Any] | None = None,
+                divisor: int | None = None) -> "SegmentationModel":
+    return SegmentationModel(build_network(name, architecture), divisor or family(name).divisor)
 
 
 def parameter_count(model: nn.Module) -> int:

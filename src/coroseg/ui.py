@@ -38,7 +38,9 @@ def serve(port: int, store: str | None = None) -> int:
     print(f"Access MLflow UI: http://localhost:{port}", flush=True)
     print("Press Ctrl+C to stop.", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    server = subprocess.Popen(ui_command(port, store))
+    # Without MLflow's GenAI job runners (several more processes, seconds of start-up): coroseg's runs are
+    # training runs.
+    server = subprocess.Popen(ui_command(port, store), env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
         return server.wait()
     except KeyboardInterrupt:

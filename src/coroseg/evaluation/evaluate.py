@@ -12,6 +12,7 @@ from coroseg.data.pairs import announce, checked_scan, read_pair
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
 from coroseg.inference.predict import InferenceOptions, InferenceSession, check_output, load_options_model
 from coroseg.tracking import layout
+from coroseg.tracking.base import run_status
 from coroseg.tracking.record import markdown_rows, markdown_table, new_record_dir, to_csv
 
 log = logging.getLogger("coroseg")
@@ -55,8 +56,7 @@ def run_evaluation(options: InferenceOptions, data: str, data_format: str = "aut
         output = new_record_dir(TrainConfig().output_dir, "evaluate")
     session = InferenceSession(options, model, output, layout.EVALUATION_TAGS,
                                f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
-    status = "FAILED"
-    try:
+    with run_status(session.close):
         session.log_params([p.image for p in pairs], {"data": str(data)})
         results = session.run([p.image for p in pairs], [p.mask for p in pairs])
         rows = [{"image": r.name, **image_metrics(r.mask, r.truth, r.fov)} for r in results]
@@ -68,8 +68,5 @@ def run_evaluation(options: InferenceOptions, data: str, data_format: str = "aut
                                   {"means": means, "images": len(rows), "worst_by_dice": worst})
         session.record.write_text("evaluation_summary", "summary.md", _summary_markdown(means, len(rows), worst))
         session.finish(results, {"means": means})
-        status = "FINISHED"
-    finally:
-        session.close(status)
     log.info("evaluated %d images: %s", len(rows), "  ".join(f"{k} {v:.4f}" for k, v in means.items()))
     return EvaluationOutcome(session.tracker.run_id, session.tracker.failed, means, output)

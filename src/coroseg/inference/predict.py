@@ -27,7 +27,7 @@ from coroseg.errors import InputError
 from coroseg.inference.model_loading import LoadedModel, load_model
 from coroseg.inference.predictor import Predictor
 from coroseg.tracking import layout
-from coroseg.tracking.base import make_tracker
+from coroseg.tracking.base import make_tracker, run_status
 from coroseg.tracking.environment import environment, environment_params, resolve_device
 from coroseg.tracking.record import RunRecord, ensure_writable, markdown_table
 from coroseg.tracking.redact import redact_uri
@@ -169,10 +169,10 @@ class InferenceSession:
             "device": str(self.device),
             "batch_size": self.options.batch_size,
             "tta": self.options.tta,
-            "threshold": self.model.threshold,
-            "min_component_fraction": self.model.min_component_fraction,
+            "threshold": self.model.spec.postprocessing.threshold,
+            "min_component_fraction": self.model.spec.postprocessing.min_component_fraction,
             **{f"preprocessing_{k}": v for k, v in self.predictor.preprocessing.to_metadata().items()},
-            "model_family": self.model.metadata.get("model_family"),
+            "model_family": self.model.spec.family,
             "files": len(inputs),
             **extra,
             **environment_params(self.env),
@@ -220,8 +220,8 @@ class InferenceSession:
             "inference_seconds": round(result.seconds, 4),
             "vessel_fraction": float(result.mask.mean()),
             "field_of_view_fraction": float(result.fov.mean()),
-            "threshold": self.model.threshold,
-            "min_component_fraction": self.model.min_component_fraction,
+            "threshold": self.model.spec.postprocessing.threshold,
+            "min_component_fraction": self.model.spec.postprocessing.min_component_fraction,
             "resolution": self.predictor.resolution,
             "model_uri": redact_uri(self.options.model_uri),
             "mask": f"{layout.artifact_dir('outputs')}/{result.name}_mask.png",
@@ -244,7 +244,7 @@ class InferenceSession:
         summary = {
             **metrics,
             "model_uri": redact_uri(self.options.model_uri),
-            "model_family": self.model.metadata.get("model_family"),
+            "model_family": self.model.spec.family,
             "device": str(self.device),
             "device_name": self.env["device_name"],
             "resolution": self.predictor.resolution,
@@ -277,13 +277,9 @@ def run_prediction(options: InferenceOptions, input_path: str) -> InferenceOutco
     check_output(output, options.overwrite)
     session = InferenceSession(options, model, output, layout.INFERENCE_TAGS,
                                f"predict-{time.strftime('%Y%m%d-%H%M%S')}")
-    status = "FAILED"
-    try:
+    with run_status(session.close):
         session.log_params(inputs, {"input": str(input_path), "frames": len(frames)})
         results = session.run_frames(frames)
         session.finish(results)
-        status = "FINISHED"
-    finally:
-        session.close(status)
     log.info("predicted %d frames from %d files into %s", len(results), len(inputs), output)
     return InferenceOutcome(session.tracker.run_id, session.tracker.failed, len(results), output, results)

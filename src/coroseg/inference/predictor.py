@@ -11,9 +11,8 @@ import numpy as np
 import torch
 
 from coroseg.data.dataset import resize_image
-from coroseg.data.preprocess import Preprocessing, prepare
+from coroseg.data.preprocess import prepare
 from coroseg.inference.model_loading import LoadedModel
-from coroseg.training.postprocess import apply_postprocessing
 
 
 @dataclass
@@ -34,10 +33,10 @@ class Predictor:
                  tta: bool = False) -> None:
         self.model = model
         self.tta = tta
-        self.resolution = resolution or model.image_size
-        self.window = min(model.image_size, self.resolution)
+        self.resolution = resolution or model.spec.image_size
+        self.window = min(model.spec.image_size, self.resolution)
         self.batch_size = batch_size
-        self.preprocessing = Preprocessing.from_metadata(model.metadata)
+        self.preprocessing = model.spec.preprocessing
         self.device = next(model.module.parameters()).device
 
     def _autocast(self):
@@ -76,5 +75,4 @@ class Predictor:
     def masks(self, probabilities: list[np.ndarray]) -> list[np.ndarray]:
         """Boolean vessel masks: the model's threshold, then its small-piece removal (chosen on validation at
         training time), each mask at its own size (the minimum piece is a fraction of that frame's area)."""
-        return [apply_postprocessing(p, self.model.threshold, self.model.min_component_fraction)
-                for p in probabilities]
+        return [self.model.spec.postprocessing.mask(p) for p in probabilities]

@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from coroseg.errors import Stopped
 
 
 class Tracker:
@@ -15,6 +19,7 @@ class Tracker:
 
     run_id: str | None = None
     failed: bool = False
+    model_uri: str | None = None      # where the model of `log_model` loads from (runs:/..., or a local folder)
 
     def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str | None:
         """Open a new run, or carry on `resume_run_id` (same id, later steps). Returns the run's id when it is
@@ -42,6 +47,21 @@ class Tracker:
     def child(self) -> "Tracker":
         """A tracker for a nested run under this one (records nothing here)."""
         return Tracker()
+
+
+@contextmanager
+def run_status(finish: Callable[[str], None]) -> Iterator[None]:
+    """The run ends as its block did: FINISHED, KILLED when stopped (Ctrl-C, SIGTERM), else FAILED; `finish`
+    is called whatever happened, a crash included."""
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except (Stopped, KeyboardInterrupt):
+        status = "KILLED"
+        raise
+    finally:
+        finish(status)
 
 
 def make_tracker(enabled: bool, tracking_uri: str | None, experiment: str, record_dir: Path,

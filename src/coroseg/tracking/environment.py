@@ -6,6 +6,7 @@ import os
 import platform
 import socket
 import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,15 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def package_version(name: str) -> str | None:
+    """An installed package's version, read without importing it (`import mlflow` alone costs seconds)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def environment(device: torch.device) -> dict[str, Any]:
-    import mlflow
-    import monai
     import psutil
 
     import coroseg
@@ -40,8 +47,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
-        "monai_version": monai.__version__,
-        "mlflow_version": mlflow.__version__,
+        "monai_version": package_version("monai"),
+        "mlflow_version": package_version("mlflow"),
         "coroseg_version": coroseg.__version__,
         "device": str(device),
         "device_name": device_name(device),

@@ -54,7 +54,7 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 class Journal:
-    """Appends to and reads one record's journal; safe to share between the caller's and the uploader's thread."""
+    """Appends to and reads one record's journal. The command appends; its uploader process marks what is sent."""
 
     def __init__(self, record_dir: Path) -> None:
         self.record_dir = Path(record_dir)
@@ -109,7 +109,9 @@ class Journal:
         return json.loads(self.info_path.read_text())
 
     def update_info(self, **fields: Any) -> dict[str, Any]:
-        with self._lock:
+        # Under a file lock: the command writes the status, its uploader process the run id.
+        self.info_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, FileLock(f"{self.info_path}.lock"):
             info = {**self.info(), **fields}
             atomic_write(self.info_path, to_json(info).encode())
         return info

@@ -85,6 +85,11 @@ class JournalTracker(Tracker):
         # Saved by `finish`, not here: the journal names the folder only once it is complete.
         self._model = (model, input_example, metadata, extra_files)
 
+    @property
+    def model_uri(self) -> str | None:
+        """The model folder in the local record (there once `finish` saved it)."""
+        return str(self.record_dir / layout.MODEL_NAME)
+
     def child(self) -> Tracker:
         """A fold's tracker: its journal in the fold's record, `fold_<n>` inside this one."""
         tracker = self._new_child(layout.fold_record_dir(self.record_dir, len(self.children) + 1))
@@ -139,7 +144,7 @@ class JournalTracker(Tracker):
                 (self.record_dir / name).rename(earlier / Path(name).name)
 
     def _save_model(self) -> None:
-        from coroseg.tracking.mlflow_tracker import save_model_folder
+        from coroseg.tracking.model_store import save_model_folder
 
         folder = self.record_dir / layout.MODEL_NAME
         model, example, metadata, extra_files = self._model

@@ -1,8 +1,8 @@
 """The background uploader: drains a record's journal to MLflow while the work goes on.
 
-One daemon thread and one `MlflowClient` per tracker. The caller's thread only appends to the journal and
-hands the entry over; a failed call leaves its entries pending and is retried after a pause, so an outage
-of the server costs nothing but time on this thread. At the end the command gives the uploader a bounded
+One daemon thread and one `MlflowClient` per run, inside the command's uploader process (upload_process.py),
+which hands it the entries the command journaled; a failed call leaves its entries pending and is retried
+after a pause, so an outage of the server costs nothing but time on this thread. At the end the command gives the uploader a bounded
 time (`COROSEG_UPLOAD_DRAIN_SECONDS`) and leaves it behind after that: whatever is left is in the journal
 for `coroseg sync`.
 """
@@ -10,7 +10,6 @@ for `coroseg sync`.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections import deque
@@ -41,10 +40,12 @@ class ParentNotReady(RuntimeError):
 
 
 class FailureReport:
-    """Tells the user once per command (folds share their parent's) that uploads fail, and where the record is."""
+    """Tells the user once per command (folds share their parent's) that uploads fail, and where the record is.
+    `tell` shows the text to the user (the uploader process hands it to the command, which prints it)."""
 
-    def __init__(self, record_dir: Path) -> None:
+    def __init__(self, record_dir: Path, tell: Callable[[str], None]) -> None:
         self.record_dir = record_dir
+        self.tell = tell
         self.told = False
         self._lock = threading.Lock()
 
@@ -55,9 +56,9 @@ class FailureReport:
                 log.debug("upload failed again while %s: %s", action, said)
                 return
             self.told = True
-        print(f"coroseg: MLflow tracking failed while {action} ({type(exc).__name__}: {said}). The work goes on; "
-              f"the complete record is kept in {self.record_dir}, uploads are retried in the background and "
-              f"`coroseg sync` sends what is left.", file=sys.stderr, flush=True)
+        self.tell(f"coroseg: MLflow tracking failed while {action} ({type(exc).__name__}: {said}). The work goes "
+                  f"on; the complete record is kept in {self.record_dir}, uploads are retried in the background "
+                  f"and `coroseg sync` sends what is left.")
 
 
 def _action(entry: dict[str, Any] | None) -> str:
@@ -76,8 +77,10 @@ def _action(entry: dict[str, Any] | None) -> str:
 class Uploader:
     def __init__(self, journal: Journal, tracking_uri: str | None, experiment: str,
                  report: Callable[[str, BaseException], None],
-                 parent_run_id: Callable[[], str | None] | None = None) -> None:
+                 parent_run_id: Callable[[], str | None] | None = None,
+                 on_opened: Callable[[str | None], None] | None = None) -> None:
         self.journal = journal
+        self.on_opened = on_opened             # told the run's id once known, or None after a first failed try
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.report = report
@@ -143,6 +146,8 @@ class Uploader:
                 if self._draining.is_set():
                     failures = min(failures, _DRAIN_ATTEMPTS - 1)    # one more try once the drain has begun
             finally:
+                if not self.opened.is_set() and self.run_id is None and self.on_opened:
+                    self.on_opened(None)
                 self.opened.set()
                 self._idle()
 
@@ -198,4 +203,6 @@ class Uploader:
             run_id = create_run(self._client, head, self.experiment, parent)
         self.journal.update_info(run_id=run_id, **({"parent_run_id": parent} if parent else {}))
         self.run_id = run_id
+        if self.on_opened:
+            self.on_opened(run_id)
         self._mark([head["seq"]], None)

@@ -7,7 +7,7 @@ grid search for the best mean validation Dice, recorded with the model, and appl
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,9 +41,25 @@ def remove_small_components(mask: np.ndarray, min_fraction: float) -> np.ndarray
     return keep[labels]
 
 
-def apply_postprocessing(probabilities: np.ndarray, threshold: float, min_fraction: float) -> np.ndarray:
-    """The mask of one probability map: `probabilities > threshold`, small pieces removed."""
-    return remove_small_components(np.asarray(probabilities) > threshold, min_fraction)
+@dataclass(frozen=True)
+class Postprocessing:
+    """How a model's probabilities become a mask; part of its `ModelSpec`."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    min_component_fraction: float = DEFAULT_MIN_COMPONENT_FRACTION
+
+    def mask(self, probabilities: np.ndarray) -> np.ndarray:
+        """The mask of one probability map: `probabilities > threshold`, small pieces removed."""
+        return remove_small_components(np.asarray(probabilities) > self.threshold, self.min_component_fraction)
+
+
+@dataclass(frozen=True)
+class PostprocessingChoice:
+    """The post-processing chosen on the validation frames, and the mean validation Dice without and with it."""
+
+    chosen: Postprocessing
+    val_dice_before: float      # threshold 0.5, nothing removed
+    val_dice_after: float
 
 
 def _as_maps(values: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -70,11 +86,11 @@ def _dice_grid(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return grid
 
 
-def choose_postprocessing(probabilities: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor) -> dict[str, Any]:
+def choose_postprocessing(probabilities: np.ndarray | torch.Tensor,
+                          masks: np.ndarray | torch.Tensor) -> PostprocessingChoice:
     """The threshold and minimum component fraction of the grid that maximise the mean validation Dice.
 
-    Ties go to the threshold nearest 0.5, then to the smaller fraction. Returns `threshold`,
-    `min_component_fraction`, `val_dice_before` (threshold 0.5, nothing removed) and `val_dice_after`.
+    Ties go to the threshold nearest 0.5, then to the smaller fraction.
     """
     probs, truth = _as_maps(probabilities), _as_maps(masks) > 0.5
     if probs.shape != truth.shape:
@@ -87,9 +103,5 @@ def choose_postprocessing(probabilities: np.ndarray | torch.Tensor, masks: np.nd
     i, j = max(candidates, key=lambda c: (rounded[c], -abs(THRESHOLDS[c[0]] - DEFAULT_THRESHOLD),
                                           -MIN_COMPONENT_FRACTIONS[c[1]]))
     default = (THRESHOLDS.index(DEFAULT_THRESHOLD), MIN_COMPONENT_FRACTIONS.index(DEFAULT_MIN_COMPONENT_FRACTION))
-    return {
-        "threshold": float(THRESHOLDS[i]),
-        "min_component_fraction": float(MIN_COMPONENT_FRACTIONS[j]),
-        "val_dice_before": float(mean[default]),
-        "val_dice_after": float(mean[i, j]),
-    }
+    return PostprocessingChoice(Postprocessing(float(THRESHOLDS[i]), float(MIN_COMPONENT_FRACTIONS[j])),
+                                val_dice_before=float(mean[default]), val_dice_after=float(mean[i, j]))

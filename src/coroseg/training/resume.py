@@ -13,7 +13,7 @@ import yaml
 from coroseg.config import TrainConfig, resolve
 from coroseg.errors import InputError
 from coroseg.tracking import layout
-from coroseg.training.state import JSON_FILE, TrainingState, load_state
+from coroseg.training.state import TrainingState, load_state
 
 # May differ from the recorded run: where and how it is recorded or run, not what is trained. `data` may name
 # another folder (a moved copy): the data digest decides whether it holds the same frames.
@@ -27,13 +27,15 @@ class Resume:
     record_dir: Path
     state: TrainingState
     data_digest: str
+    run_id: str | None          # the MLflow run to carry on; None when none was created (it is created now)
 
 
 def _run_id_of(record: Path) -> str | None:
-    state = record / layout.RESUME_STATE_DIR / JSON_FILE
+    """The run id the uploader recorded once it created the run (the record's one source of it)."""
+    info = record / layout.RECORD_FILE
     try:
-        return json.loads(state.read_text()).get("run_id") if state.is_file() else None
-    except (OSError, ValueError):
+        return json.loads(info.read_text()).get("run_id") if info.is_file() else None
+    except (OSError, ValueError, AttributeError):
         return None
 
 
@@ -86,7 +88,7 @@ def load_resume(record: Path) -> Resume:
     state = load_state(record)
     if state is None:
         raise InputError(f"--resume {record}: no epoch of this run finished; there is nothing to resume, start again")
-    return Resume(record, state, digest)
+    return Resume(record, state, digest, _run_id_of(record))
 
 
 def check_data(resume: Resume, digest: str) -> None:

@@ -12,18 +12,16 @@ import numpy as np
 import torch
 
 from coroseg.config import TrainConfig, to_yaml
-from coroseg.data.dataset import TrainingData, load_training_data, preprocessing_of
-from coroseg.data.preprocess import Preprocessing
+from coroseg.data.dataset import TrainingData, load_training_data
+from coroseg.model_spec import ModelSpec
 from coroseg.models import build_model, family
 from coroseg.tracking import layout
-from coroseg.tracking.base import Tracker, make_tracker
+from coroseg.tracking.base import Tracker, make_tracker, run_status
 from coroseg.tracking.environment import environment, resolve_device
-from coroseg.tracking.layout import MODEL_NAME
 from coroseg.tracking.record import RunRecord, markdown_rows, markdown_table, new_record_dir, to_csv
-from coroseg.tracking.training_record import TrainingRecord, resolved_config, run_params
 from coroseg.training.resume import Resume, check_data
 from coroseg.training.signals import StopSignals
-from coroseg.training.state import TrainingState
+from coroseg.training.training_record import TrainingRecord, resolved_config, run_params
 from coroseg.training.trainer import EpochResult, TrainingInterrupted, best_model, seed_everything, train
 
 log = logging.getLogger("coroseg")
@@ -57,19 +55,28 @@ def _initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
     from coroseg.inference.model_loading import load_model
 
     loaded = load_model(config.init, torch.device("cpu"), config.tracking_uri)
-    family_there = loaded.metadata.get("model_family")
+    family_there = loaded.spec.family
     if family_there != config.model_family:
         raise InputError(f"--init {config.init}: a {family_there} model cannot start a {config.model_family} training")
-    there, here = Preprocessing.from_metadata(loaded.metadata), preprocessing_of(config)
-    if there != here:   # allowed (fine-tuning adapts), but the user should know the inputs differ
+    here = ModelSpec.of_training(config)
+    if loaded.spec.architecture and loaded.spec.architecture != here.architecture:
+        raise InputError(f"--init {config.init}: that {family_there} model was built with other arguments "
+                         f"({_differing(loaded.spec.architecture, here.architecture)}) than this training builds")
+    there = loaded.spec.preprocessing
+    if there != here.preprocessing:   # allowed (fine-tuning adapts), but the user should know the inputs differ
         log.warning("--init %s: that model saw frames prepared with %s; this training prepares them with %s",
-                    config.init, there, here)
+                    config.init, there, here.preprocessing)
     return {k: v.detach().clone() for k, v in loaded.module.state_dict().items()}
+
+
+def _differing(there: dict, here: dict) -> str:
+    return ", ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here"
+                     for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k))
 
 
 def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, env: dict, tracker: Tracker,
                  record_dir: Path, init: dict[str, torch.Tensor] | None = None,
-                 resume: TrainingState | None = None) -> TrainingOutcome:
+                 resume: Resume | None = None) -> TrainingOutcome:
     """One training run (the whole job, or one cross-validation fold) with its complete record; with `resume`,
     the rest of a run that was stopped."""
     started = time.perf_counter()
@@ -78,34 +85,26 @@ def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, 
     if init is not None:
         model.load_state_dict(init)
     session = TrainingRecord(RunRecord(record_dir, tracker), config, data, env, model, resumed=resume is not None)
-    status = "FAILED"
     try:
-        session.begin(resume.run_id if resume else None)
-        log.info("training %s on %s: %d train / %d val frames of %s px; local record %s",
-                 config.model_family, device, len(data.train), len(data.val), config.image_size, record_dir)
-        with StopSignals() as stop:
-            result = train(config, data, model, device, session, resume, stop)
-            if stop() is not None:                    # asked while the last epoch was recorded
-                raise TrainingInterrupted(stop())
-        best = best_model(model, result)
-        # A batch of 2: the pt2 export makes size-1 dimensions static, and the batch must stay dynamic.
-        example = torch.cat([data.val.images, data.train.images])[:2].numpy()
-        session.end(result, best, example)
-        status = "FINISHED"
+        with run_status(session.close):
+            session.begin(resume.run_id if resume else None)
+            log.info("training %s on %s: %d train / %d val frames of %s px; local record %s",
+                     config.model_family, device, len(data.train), len(data.val), config.image_size, record_dir)
+            with StopSignals() as stop:
+                result = train(config, data, model, device, session, resume.state if resume else None, stop)
+                if stop() is not None:                    # asked while the last epoch was recorded
+                    raise TrainingInterrupted(stop())
+            best = best_model(model, result)
+            # A batch of 2: the pt2 export makes size-1 dimensions static, and the batch must stay dynamic.
+            example = torch.cat([data.val.images, data.train.images])[:2].numpy()
+            session.end(result, best, example)
     except TrainingInterrupted as stopped:
-        status = "KILLED"
-        stopped.record_dir, stopped.run_id = record_dir, tracker.run_id
+        stopped.record_dir, stopped.run_id = record_dir, tracker.run_id    # what the resume command needs
         raise
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        session.close(status)
-    tracked = tracker.run_id is not None and not tracker.failed
     return TrainingOutcome(
         run_id=tracker.run_id,
         record_dir=record_dir,
-        model_uri=f"runs:/{tracker.run_id}/{MODEL_NAME}" if tracked else str(record_dir / MODEL_NAME),
+        model_uri=tracker.model_uri,
         best_val_dice=result.best_val_dice,
         tracking_failed=tracker.failed,
         history=result.history,
@@ -135,28 +134,25 @@ def _cross_validate(config: TrainConfig, folds: list[TrainingData], device: torc
     started = time.perf_counter()
     record = RunRecord(record_dir, tracker)
     tracker.start(config.run_name, {**layout.TRAINING_TAGS, "cross_validation": f"{len(folds)}-fold"})
-    status = "FAILED"
     try:
-        tracker.log_params(run_params(config, env))
-        record.write_text("config", "config.yaml", to_yaml(resolved_config(config)))
-        outcomes = []
-        for i, data in enumerate(folds, 1):
-            log.info("fold %d/%d", i, len(folds))
-            fold_config = replace(config, run_name=f"{config.run_name}-fold{i}")
-            outcomes.append(_train_split(fold_config, data, device, env, tracker.child(), layout.fold_record_dir(record_dir, i),
-                                         init))
-        rows = [_fold_row(i, o) for i, o in enumerate(outcomes, 1)]
-        summary = _cv_summary(rows)
-        tracker.log_metrics(summary)
-        record.write_text("summary", "cross_validation.csv", to_csv(rows))
-        record.write_json("summary", "cross_validation.json", {**summary, "folds": rows})
-        record.write_text("summary", "cross_validation.md", _cv_markdown(summary, rows))
-        status = "FINISHED"
+        with run_status(tracker.finish):
+            tracker.log_params(run_params(config, env))
+            record.write_text("config", "config.yaml", to_yaml(resolved_config(config)))
+            outcomes = []
+            for i, data in enumerate(folds, 1):
+                log.info("fold %d/%d", i, len(folds))
+                fold_config = replace(config, run_name=f"{config.run_name}-fold{i}")
+                outcomes.append(_train_split(fold_config, data, device, env, tracker.child(),
+                                             layout.fold_record_dir(record_dir, i), init))
+            rows = [_fold_row(i, o) for i, o in enumerate(outcomes, 1)]
+            summary = _cv_summary(rows)
+            tracker.log_metrics(summary)
+            record.write_text("summary", "cross_validation.csv", to_csv(rows))
+            record.write_json("summary", "cross_validation.json", {**summary, "folds": rows})
+            record.write_text("summary", "cross_validation.md", _cv_markdown(summary, rows))
     except TrainingInterrupted as stopped:
-        status, stopped.record_dir, stopped.run_id = "KILLED", None, tracker.run_id   # folds do not resume yet
+        stopped.record_dir, stopped.run_id = None, tracker.run_id   # folds do not resume yet
         raise
-    finally:
-        tracker.finish(status)
     best = max(outcomes, key=lambda o: o.best_val_dice)
     log.info("cross-validation: best_val_dice %.4f +- %.4f over %d folds", summary["cv_best_val_dice_mean"],
              summary["cv_best_val_dice_std"], len(folds))
@@ -177,7 +173,7 @@ def resume_training(config: TrainConfig, resume: Resume) -> TrainingOutcome:
     tracker = make_tracker(config.tracking, config.tracking_uri, config.experiment, resume.record_dir,
                            config.system_metrics)
     return _train_split(config, splits[0], device, environment(device), tracker, resume.record_dir,
-                        resume=resume.state)
+                        resume=resume)
 
 
 def run_training(config: TrainConfig) -> TrainingOutcome:

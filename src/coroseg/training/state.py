@@ -45,7 +45,6 @@ class TrainingState:
     best_val_probabilities: torch.Tensor | None = None
     stopped_early: bool = False
     training_duration_seconds: float = 0.0        # summed over the processes that trained this run
-    run_id: str | None = None                      # the MLflow run that `--resume` carries on
 
 
 def rng_state() -> dict[str, Any]:
@@ -162,7 +161,7 @@ def load_state(record_dir: Path) -> TrainingState | None:
 
 # The fields that go to JSON as they are; the others hold tensors.
 _PLAIN_FIELDS = ("epoch", "since_best", "best_epoch", "best_val_dice", "history", "schedule", "stopped_early",
-                 "training_duration_seconds", "run_id")
+                 "training_duration_seconds")
 
 
 def _plain_fields(state: TrainingState) -> dict[str, Any]:

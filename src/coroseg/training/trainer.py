@@ -1,7 +1,7 @@
 """The training loop: a few short functions, and events for whoever records the run.
 
 The loop knows nothing of MLflow or of files: it reports each epoch and each new best model to a
-`TrainingEvents` object (tracking/training_record.py writes the record; tests may pass their own).
+`TrainingEvents` object (training_record.py writes the record; tests may pass their own).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,9 +24,10 @@ from tqdm import tqdm
 from coroseg.config import TrainConfig
 from coroseg.data.augment import BatchAugmentation
 from coroseg.data.dataset import Frames, TrainingData
+from coroseg.errors import Stopped
 from coroseg.models import SegmentationModel
 from coroseg.training.losses import build_loss
-from coroseg.training.postprocess import choose_postprocessing
+from coroseg.training.postprocess import PostprocessingChoice, choose_postprocessing
 from coroseg.training.state import TrainingState, restore_rng, rng_state
 
 log = logging.getLogger("coroseg")
@@ -75,7 +76,7 @@ class TrainResult:
     training_duration_seconds: float = 0.0
     stopped_early: bool = False
     best_val_probabilities: torch.Tensor | None = None    # (N,1,S,S) float32 on the CPU, the best epoch's
-    postprocessing: dict[str, Any] | None = None          # threshold etc. chosen on them (postprocess.py)
+    postprocessing: PostprocessingChoice | None = None    # threshold etc. chosen on them (postprocess.py)
 
 
 class TrainingEvents(Protocol):
@@ -86,7 +87,7 @@ class TrainingEvents(Protocol):
     def on_checkpoint(self, state: TrainingState) -> None: ...
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(Stopped):
     """A stop was asked for (SIGTERM, Ctrl-C); the loop left at a batch boundary, the last finished epoch's
     state is already saved."""
 
@@ -280,11 +281,10 @@ def train(
                      since_best, result.best_val_dice, result.best_epoch)
     result.training_duration_seconds = previous_seconds + time.perf_counter() - started
     if result.best_val_probabilities is not None:
-        result.postprocessing = choose_postprocessing(result.best_val_probabilities, data.val.masks)
+        choice = result.postprocessing = choose_postprocessing(result.best_val_probabilities, data.val.masks)
         log.info("post-processing chosen on validation: threshold %.2f, min component %.4f of the frame; "
-                 "val_dice %.4f -> %.4f", result.postprocessing["threshold"],
-                 result.postprocessing["min_component_fraction"], result.postprocessing["val_dice_before"],
-                 result.postprocessing["val_dice_after"])
+                 "val_dice %.4f -> %.4f", choice.chosen.threshold, choice.chosen.min_component_fraction,
+                 choice.val_dice_before, choice.val_dice_after)
     return result
 
 

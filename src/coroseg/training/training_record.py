@@ -12,9 +12,10 @@ import torch
 
 from coroseg.config import TrainConfig, to_yaml
 from coroseg.data.dataset import TrainingData
-from coroseg.inference.model_loading import model_metadata
+from coroseg.model_spec import ModelSpec
 from coroseg.models import SegmentationModel, parameter_count
 from coroseg.training.checkpoint import sha256, weights_bytes
+from coroseg.training.postprocess import PostprocessingChoice
 from coroseg.training.state import TrainingState, save_state
 from coroseg.training.trainer import EpochResult, Preview, TrainResult
 from coroseg.tracking import layout
@@ -67,7 +68,7 @@ class TrainingRecord:
         self.parameters = parameter_count(model)
         self.logs = LogCapture()
         self.started = time.time()
-        self.postprocessing: dict[str, Any] | None = None     # set by `end`, recorded in the model metadata
+        self.choice: PostprocessingChoice | None = None     # set by `end`, recorded in the model's spec
         self.resumed = resumed               # carries on a run whose record this is (`train --resume`)
         self.earlier_log = ""                # that run's log so far
 
@@ -146,12 +147,12 @@ class TrainingRecord:
     # -- end -----------------------------------------------------------------------------------
     def end(self, result: TrainResult, best: SegmentationModel, example: np.ndarray) -> None:
         last = result.history[-1].epoch if result.history else 0
-        self.postprocessing = result.postprocessing          # chosen by the trainer on the best epoch
+        self.choice = result.postprocessing                  # chosen by the trainer on the best epoch
         chosen = {}
-        if self.postprocessing is not None:
-            chosen = {"chosen_threshold": self.postprocessing["threshold"],
-                      "chosen_min_component_fraction": self.postprocessing["min_component_fraction"],
-                      "val_dice_postprocessed": self.postprocessing["val_dice_after"]}
+        if self.choice is not None:
+            chosen = {"chosen_threshold": self.choice.chosen.threshold,
+                      "chosen_min_component_fraction": self.choice.chosen.min_component_fraction,
+                      "val_dice_postprocessed": self.choice.val_dice_after}
         self.tracker.log_metrics({"best_val_dice": result.best_val_dice,
                                   "training_duration_seconds": result.training_duration_seconds, **chosen}, step=last)
         weights = self.record.write_bytes("final_weights", layout.WEIGHTS_FILE, weights_bytes(best.state_dict()))
@@ -164,7 +165,7 @@ class TrainingRecord:
         self.record.write_text("final_summary", "model_summary.md", _model_markdown(summary, best))
         self.record.write_json("summary", "summary.json", summary)
         self.record.write_text("summary", "summary.md", _run_markdown(summary, history))
-        self.tracker.log_model(best, example, self.model_metadata(), [str(weights)])
+        self.tracker.log_model(best, example, self.model_spec().to_metadata(), [str(weights)])
 
     def _earlier_log(self) -> str:
         """The log of the run's earlier processes: the whole log when one closed it, else (after SIGKILL) the
@@ -177,7 +178,6 @@ class TrainingRecord:
 
     def on_checkpoint(self, state: TrainingState) -> None:
         """The last finished epoch's full state, kept in the local record for `--resume` (not uploaded)."""
-        state.run_id = self.tracker.run_id
         save_state(self.record.root, state)
 
     def close(self, status: str) -> None:
@@ -186,14 +186,14 @@ class TrainingRecord:
         self.record.write_text("log", "training.log", self.earlier_log + self.logs.text())
         self.tracker.finish(status)
 
-    def model_metadata(self) -> dict[str, Any]:
-        return model_metadata(self.config, self.postprocessing)
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec.of_training(self.config, self.choice.chosen if self.choice else None)
 
     def model_config(self) -> dict[str, Any]:
-        return {**self.resolved_config(), "model": self.model_metadata(), "data": self.data_record()}
+        return {**self.resolved_config(), "model": self.model_spec().to_metadata(), "data": self.data_record()}
 
     def summary(self, result: TrainResult) -> dict[str, Any]:
-        model = self.model_metadata()
+        spec = self.model_spec()
         return {
             "model_family": self.config.model_family,
             "parameter_count": self.parameters,
@@ -204,9 +204,9 @@ class TrainingRecord:
             "best_val_dice": result.best_val_dice,
             "final_val_dice": result.history[-1].val_dice if result.history else None,
             **_best_epoch_vessel_metrics(result),
-            "chosen_threshold": model["threshold"],
-            "chosen_min_component_fraction": model["min_component_fraction"],
-            "val_dice_postprocessed": self.postprocessing["val_dice_after"] if self.postprocessing else None,
+            "chosen_threshold": spec.postprocessing.threshold,
+            "chosen_min_component_fraction": spec.postprocessing.min_component_fraction,
+            "val_dice_postprocessed": self.choice.val_dice_after if self.choice else None,
             "training_duration_seconds": round(result.training_duration_seconds, 2),
             "data_source": self.data.source,
             "data_digest": self.data.digest,
@@ -217,7 +217,7 @@ class TrainingRecord:
             "device_name": self.env["device_name"],
             "run_id": self.tracker.run_id,
             "local_record": str(self.record.root),
-            "model_uri": f"runs:/{self.tracker.run_id}/{layout.MODEL_NAME}" if self.tracker.run_id else None,
+            "model_uri": self.tracker.model_uri if self.tracker.run_id else None,
         }
 
 
