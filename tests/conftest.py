@@ -169,6 +169,30 @@ def local_model(trained, tmp_path_factory) -> str:
                                                dst_path=str(tmp_path_factory.mktemp("model")))
 
 
+@pytest.fixture(scope="session")
+def pt2_model(tmp_path_factory) -> Path:
+    """A torch.export (pt2) archive as `mlflow.pytorch.save_model` writes it, with coroseg metadata and no
+    safetensors, so that loading goes through the archive: how a model exported elsewhere (or logged by an
+    earlier coroseg) arrives. Fixed shapes: the export takes a second or two."""
+    import mlflow.pytorch
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from coroseg.config import TrainConfig
+    from coroseg.model_spec import ModelSpec
+    from coroseg.models import build_model
+
+    folder = tmp_path_factory.mktemp("pt2") / "model"
+    spec = Schema([TensorSpec(np.dtype(np.float32), (2, 1, 64, 64))])
+    mlflow.pytorch.save_model(build_model("unet").eval(), str(folder), serialization_format="pt2",
+                              signature=ModelSignature(inputs=spec, outputs=spec),
+                              input_example=np.random.rand(2, 1, 64, 64).astype(np.float32),
+                              metadata=ModelSpec.of_training(TrainConfig(image_size=64)).to_metadata(),
+                              pip_requirements=["torch"])
+    return folder
+
+
 @pytest.fixture()
 def client(trained):
     from mlflow import MlflowClient

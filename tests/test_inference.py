@@ -81,18 +81,12 @@ def test_predict_refuses_to_write_over_earlier_results(predicted, trained, pairs
     assert (out / "predictions/outputs/1_mask.png").read_bytes() == before
 
 
-@pytest.mark.parametrize("keep_safetensors", [True, False])
-def test_predict_single_file_from_local_model_folder_without_tracking(trained, pairs_dir, tmp_path, keep_safetensors):
-    import shutil
-
+def test_predict_single_file_from_local_model_folder_without_tracking(trained, pairs_dir, tmp_path):
     import mlflow
 
     local_model = mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/pytorch_model",
                                                       tracking_uri=trained.store, dst_path=str(tmp_path / "m"))
-    weights = tmp_path / "m/pytorch_model/extra_files/model.safetensors"
-    assert weights.is_file()
-    if not keep_safetensors:                # the exported graph alone must do as well
-        shutil.rmtree(weights.parent)
+    assert (tmp_path / "m/pytorch_model/data/model.safetensors").is_file()
     result = run_cli("predict", "--model", local_model, "--input", pairs_dir / "2.png", "--output",
                      tmp_path / "o", "--no-tracking", "--resolution", 96)
     assert result.exit_code == 0, result.stderr

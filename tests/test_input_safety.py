@@ -109,7 +109,7 @@ def model_copy(local_model, tmp_path) -> Path:
 
 def _breakers():
     def garbage_weights(model: Path) -> str:
-        (model / "extra_files/model.safetensors").write_bytes(b"not safetensors at all")
+        (model / "data/model.safetensors").write_bytes(b"not safetensors at all")
         return "model.safetensors: cannot read weights"
 
     def wrong_shape_weights(model: Path) -> str:
@@ -117,13 +117,12 @@ def _breakers():
 
         from coroseg.models import build_model
 
-        save_file(build_model("basic_unet").state_dict(), str(model / "extra_files/model.safetensors"))
+        save_file(build_model("basic_unet").state_dict(), str(model / "data/model.safetensors"))
         return "model.safetensors: weights do not fit the recorded unet model"
 
-    def corrupt_archive(model: Path) -> str:
-        shutil.rmtree(model / "extra_files")
-        (model / "data/model.pt2").write_bytes(b"PK\x03\x04 broken zip")
-        return "model.pt2: cannot load the exported model"
+    def missing_weights(model: Path) -> str:
+        (model / "data/model.safetensors").unlink()
+        return "neither coroseg weights"
 
     def bad_metadata(model: Path) -> str:
         text = (model / "MLmodel").read_text()
@@ -139,20 +138,35 @@ def _breakers():
         (model / "MLmodel").write_text("flavors: [unclosed")
         return "not a readable MLflow model file"
 
+    return [garbage_weights, wrong_shape_weights, missing_weights, bad_metadata, unknown_family, broken_mlmodel]
+
+
+def _exported_breakers():
+    def corrupt_archive(model: Path) -> str:
+        (model / "data/model.pt2").write_bytes(b"PK\x03\x04 broken zip")
+        return "model.pt2: cannot load the exported model"
+
     def model_data_outside(model: Path) -> str:
-        shutil.rmtree(model / "extra_files")
         text = (model / "MLmodel").read_text()
         (model / "MLmodel").write_text(text.replace("model_data: data", "model_data: ../../elsewhere"))
         return "points outside the model folder"
 
-    return [garbage_weights, wrong_shape_weights, corrupt_archive, bad_metadata, unknown_family, broken_mlmodel,
-            model_data_outside]
+    return [corrupt_archive, model_data_outside]
 
 
 @pytest.mark.parametrize("breaker", _breakers(), ids=lambda f: f.__name__)
 def test_a_model_that_does_not_load_is_one_line(breaker, model_copy, pairs_dir, tmp_path):
     expected = breaker(model_copy)
     result, store = predict_into(tmp_path, model_copy, pairs_dir / "1.png")
+    assert_one_line_error(result, store, expected)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("breaker", _exported_breakers(), ids=lambda f: f.__name__)
+def test_an_exported_model_that_does_not_load_is_one_line(breaker, pt2_model, pairs_dir, tmp_path):
+    model = Path(shutil.copytree(pt2_model, tmp_path / "model"))
+    expected = breaker(model)
+    result, store = predict_into(tmp_path, model, pairs_dir / "1.png")
     assert_one_line_error(result, store, expected)
     assert not (tmp_path / "out").exists()
 

@@ -56,6 +56,8 @@ def _assert_server_run_equals_record(client, run_id: str, record: Path) -> None:
     for key, steps in _journal_metrics(record).items():
         assert {m.step for m in client.get_metric_history(run_id, key)} == steps, key
     assert all_artifacts(client, run_id) == _record_files(record)
+    stepped = [p for p in all_artifacts(client, run_id, "images", True) if p.endswith(".png")]
+    assert len(stepped) == len([e for e in Journal(record).entries() if e["kind"] == "image"])
     assert client.get_run(run_id).info.status == "FINISHED"
 
 

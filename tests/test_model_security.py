@@ -130,16 +130,8 @@ def test_a_pickled_model_on_a_server_is_refused(bomb_on_server, kind, pairs_dir,
 
 
 @pytest.fixture()
-def exported_model(trained, tmp_path) -> Path:
-    """The fixture run's model, downloaded: the pt2 archive with coroseg metadata, without its safetensors so
-    that loading goes through the archive."""
-    import mlflow
-
-    mlflow.set_tracking_uri(trained.store)     # a logged model's runs:/ path resolves through the global URI
-    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{trained.run_id}/pytorch_model",
-                                                      tracking_uri=trained.store, dst_path=str(tmp_path / "m")))
-    shutil.rmtree(folder / "extra_files")
-    return folder
+def exported_model(pt2_model, tmp_path) -> Path:
+    return Path(shutil.copytree(pt2_model, tmp_path / "m"))
 
 
 def plant_in_archive(archive: Path, marker: Path) -> str:

@@ -57,7 +57,7 @@ def _set_metadata(model: Path, **changes) -> None:
 def test_a_model_is_rebuilt_with_the_arguments_it_recorded_not_todays(local_model, tmp_path):
     model = Path(shutil.copytree(local_model, tmp_path / "model"))
     small = build_model("unet", SMALL_UNET)
-    save_file(small.state_dict(), str(model / "extra_files/model.safetensors"))
+    save_file(small.state_dict(), str(model / "data/model.safetensors"))
     _set_metadata(model, architecture={**architecture_of("unet"), **SMALL_UNET})
     loaded = load_model(str(model), torch.device("cpu"))
     assert parameter_count(loaded.module) == parameter_count(small) < parameter_count(build_model("unet")) / 3

@@ -20,11 +20,30 @@ EPOCH_METRICS = ["train_loss", "val_loss", "val_dice", "learning_rate", "epoch_d
                  "train_images_per_second"]
 
 
-def all_artifacts(client, run_id: str, path: str | None = None) -> set[str]:
+def all_artifacts(client, run_id: str, path: str | None = None, stepped_images: bool = False) -> set[str]:
+    """The run's artifact paths; without MLflow's own `images/` folder (log_image's stepped pictures, outside
+    the layout) unless asked."""
     found = set()
     for item in client.list_artifacts(run_id, path):
-        found |= all_artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+        if item.path == "images" and not stepped_images:
+            continue
+        found |= all_artifacts(client, run_id, item.path, stepped_images) if item.is_dir else {item.path}
     return found
+
+
+def test_epoch_overlays_are_stepped_images_for_the_ui_slider(client, trained):
+    from coroseg.tracking.journal import Journal
+
+    images = [p for p in all_artifacts(client, trained.run_id, "images", True) if p.endswith(".png")]
+    steps: dict[str, set[int]] = {}
+    for path in images:                         # images/<key>+step+<n>+timestamp+...png, as MLflow names them
+        key, _, step = path.removeprefix("images/").split("+")[:3]
+        steps.setdefault(key, set()).add(int(step))
+    overlays = [e for e in Journal(trained.record_dir).entries() if e["kind"] == "image"]
+    assert len(images) == len(overlays) > 0
+    assert all(found == set(range(1, EPOCHS + 1)) for found in steps.values()), steps
+    for key in steps:                            # each is the layout's overlay PNG of that epoch
+        assert (trained.record_dir / f"predictions/epoch_001/{key.removeprefix('overlay_')}.png").is_file()
 
 
 @pytest.fixture()
@@ -116,17 +135,25 @@ def test_epoch_config_snapshot_holds_the_learning_rate(client, trained):
     assert snapshot["epoch"] == 2 and snapshot["current_learning_rate"] == pytest.approx(lr)
 
 
-def test_logged_model_loads_in_one_line_and_takes_any_batch_and_size(trained):
+def test_logged_model_loads_in_one_line_and_takes_raw_frames_of_any_batch_and_size(trained):
     import mlflow
 
     mlflow.set_tracking_uri(trained.store)
     model = mlflow.pyfunc.load_model(f"runs:/{trained.run_id}/pytorch_model")
-    for shape in [(1, 1, 64, 64), (3, 1, 50, 77)]:
-        out = np.asarray(model.predict(np.random.rand(*shape).astype(np.float32)))
-        assert out.shape == shape
-        assert 0.0 <= out.min() and out.max() <= 1.0
-    signature = model.metadata.signature.inputs.to_dict()[0]
-    assert list(signature["tensor-spec"]["shape"]) == [-1, 1, -1, -1]
+    rng = np.random.default_rng(0)
+    for shape, dtype in [((1, 64, 64), np.uint8), ((3, 1, 50, 77), np.uint16), ((2, 40, 48), np.float32)]:
+        frames = (rng.random(shape) * (255 if dtype == np.uint8 else 4095)).astype(dtype)
+        masks = np.asarray(model.predict(frames))
+        assert masks.shape == shape and masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
+        probabilities = np.asarray(model.predict(frames, params={"output": "probability"}))
+        assert probabilities.shape == shape and 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    ragged = np.empty(2, dtype=object)
+    ragged[0], ragged[1] = rng.integers(0, 255, (64, 64), np.uint8), rng.integers(0, 255, (40, 90), np.uint8)
+    assert [m.shape for m in model.predict(ragged)] == [(64, 64), (40, 90)]
+    assert [p.name for p in model.metadata.get_params_schema().params] == ["output"]
+    example = np.asarray(json.loads(open(mlflow.artifacts.download_artifacts(
+        f"runs:/{trained.run_id}/pytorch_model/input_example.json")).read()))
+    assert example.ndim == 3 and example.shape[0] == 1 and example.max() <= 255   # a real frame, as read
     # the post-processing chosen on validation travels with the model
     metadata = mlflow.models.get_model_info(f"runs:/{trained.run_id}/pytorch_model").metadata
     run = mlflow.MlflowClient(tracking_uri=trained.store).get_run(trained.run_id)
@@ -138,13 +165,14 @@ def test_weights_load_without_pickle_and_match_the_logged_model(trained):
     import mlflow
     import torch
 
+    from coroseg.inference.model_loading import load_model
     from coroseg.models import build_model
     from coroseg.training.checkpoint import load_weights
 
     mlflow.set_tracking_uri(trained.store)
     weights = trained.record_dir / "final_model/weights/model.safetensors"
     model = load_weights(weights, build_model("unet")).eval()
-    logged = mlflow.pytorch.load_model(f"runs:/{trained.run_id}/pytorch_model")
+    logged = load_model(f"runs:/{trained.run_id}/pytorch_model", torch.device("cpu"), trained.store).module
     x = torch.rand(2, 1, 64, 64)
     assert torch.allclose(model(x), logged(x), atol=1e-5)
 

@@ -142,6 +142,9 @@ def _tracking_options(func):
 @click.option("--output-dir", default=None, help=_default("Where the local record of each run is kept.", "output_dir"))
 @_tracking_options
 @click.option("--run-name", default=None, help="MLflow run name.  [default: FAMILY-DATE-TIME]")
+@click.option("--register", default=None, metavar="NAME",
+              help="Register the model as a new version of NAME; alias 'champion' when its val Dice beats the "
+                   "champion's, else 'challenger'.")
 @click.option("--no-tracking", is_flag=True, help="Record nothing in MLflow (the local record is still written).")
 @click.option("--resume", default=None, metavar="RUN_ID|RECORD_DIR",
               help="Carry on a stopped run (killed, preempted, Ctrl-C) from its last finished epoch, in the same "
@@ -293,3 +296,24 @@ def ui(port: int, backend_store_uri: str | None) -> None:
     from coroseg.ui import serve
 
     sys.exit(serve(port, backend_store_uri))
+
+
+from coroseg.export import FORMATS as EXPORT_FORMATS, export_model  # noqa: E402 - light: loads the model lazily
+
+
+@main.command()
+@click.option("--model", "model_uri", required=True, help="runs:/<run_id>/pytorch_model, models:/<name>/<version>, or a local MLflow model folder.")
+@click.option("--format", "fmt", required=True, type=click.Choice(list(EXPORT_FORMATS)), help="onnx (onnxruntime, TensorRT...) or torchscript (torch.jit.load, LibTorch in C++).")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="File to write; the model spec goes beside it as OUTPUT.spec.json.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file and its spec.")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI for runs:/ and models:/ (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).")
+@user_errors
+def export(model_uri: str, fmt: str, output: str, overwrite: bool, tracking_uri: str | None) -> None:
+    """Export a model's network for use outside Python: prepared (N,1,H,W) float32 frames in, vessel
+    probabilities out, any batch and size; checked against the model before it is written."""
+    outcome = export_model(model_uri, fmt, output, overwrite, tracking_uri)
+    click.echo(f"max_abs_difference: {outcome.max_abs_difference:.3g}")
+    click.echo(f"export_seconds: {outcome.seconds:.1f}")
+    click.echo(f"output: {outcome.output}")
+    click.echo(f"spec: {outcome.spec}")

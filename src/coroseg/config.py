@@ -51,6 +51,7 @@ class TrainConfig:
     experiment: str = "coroseg"
     run_name: str | None = None
     system_metrics: bool = True
+    register: str | None = None         # registered model name: each trained model becomes a version of it
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -49,6 +49,7 @@ class TrainingData:
     val: Frames
     source: str
     digest: str          # sha256 of every frame and mask as read, in order
+    example: np.ndarray  # the first validation frame, uint8 as a user would send it: the model's input example
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -162,4 +163,9 @@ def load_training_data(config: TrainConfig) -> list[TrainingData]:
         raise InputError(f"{config.data}: need at least 2 image/mask pairs to train and validate, found {len(names)}")
     frames = _prepared_frames(images, masks, names, config)
     digest = _digest(images, masks)
-    return [TrainingData(frames.subset(t), frames.subset(v), source, digest) for t, v in splits(config, len(frames))]
+    return [TrainingData(frames.subset(t), frames.subset(v), source, digest, _as_uint8(images[v[0]]))
+            for t, v in splits(config, len(frames))]
+
+
+def _as_uint8(frame: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(frame, 0.0, 1.0) * 255).astype(np.uint8)

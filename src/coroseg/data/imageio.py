@@ -66,6 +66,12 @@ def read_gray(path: Path) -> np.ndarray:
         arr = np.asarray(img)
     if arr.ndim != 2:
         raise InputError(f"{path}: expected a 2-D grayscale image, got shape {arr.shape}")
+    return gray_float(arr)
+
+
+def gray_float(arr: np.ndarray) -> np.ndarray:
+    """A 2-D grey frame of any dtype as float32 in [0, 1]: integers over their bit depth's range (8 or 16
+    bits), floats stretched to their own range. Files and the served model's inputs both go through this."""
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from coroseg.data.pairs import announce, checked_scan, read_pair
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
 from coroseg.inference.predict import InferenceOptions, InferenceSession, check_output, load_options_model
 from coroseg.tracking import layout
-from coroseg.tracking.base import run_status
+from coroseg.tracking.base import DatasetRef, run_status
 from coroseg.tracking.record import markdown_rows, markdown_table, new_record_dir, to_csv
 
 log = logging.getLogger("coroseg")
@@ -45,8 +46,11 @@ def _summary_markdown(means: dict[str, float], images: int, worst: list[dict]) -
 def run_evaluation(options: InferenceOptions, data: str, data_format: str = "auto") -> EvaluationOutcome:
     scan = checked_scan(data, data_format)                    # bad input: error before the run or the output
     pairs = scan.pairs
-    for pair in pairs:
-        read_pair(pair)           # decoded once up front: corrupt files, non-binary masks, sizes
+    digest = hashlib.sha256()
+    for pair in pairs:            # decoded once up front: corrupt files, non-binary masks, sizes
+        for array in read_pair(pair):
+            digest.update(array.tobytes())
+    dataset = DatasetRef(Path(scan.folder).name or "data", digest.hexdigest()[:16])
     model = load_options_model(options)
     announce(scan)
     if options.output:
@@ -58,10 +62,12 @@ def run_evaluation(options: InferenceOptions, data: str, data_format: str = "aut
                                f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     with run_status(session.close):
         session.log_params([p.image for p in pairs], {"data": str(data)})
+        session.tracker.log_dataset(dataset, "evaluation", str(Path(scan.folder).resolve()),
+                                    {"frames": len(pairs), "format": scan.format})
         results = session.run([p.image for p in pairs], [p.mask for p in pairs])
         rows = [{"image": r.name, **image_metrics(r.mask, r.truth, r.fov)} for r in results]
         means = mean_metrics(rows)
-        session.tracker.log_metrics(means)
+        session.tracker.log_metrics(means, model_id=model.model_id, dataset=dataset)   # on the model's page too
         session.record.write_text("per_image_metrics", "metrics.csv", to_csv(rows))
         worst = _worst(rows)
         session.record.write_json("evaluation_summary", "summary.json",

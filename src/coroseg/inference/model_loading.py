@@ -39,13 +39,15 @@ class LoadedModel:
     module: torch.nn.Module
     spec: ModelSpec
     uri: str
+    model_id: str | None = None      # the MLflow LoggedModel it was logged as: evaluations link their metrics to it
 
 
 def _exported_graph(folder: Path, conf: dict[str, Any] | None) -> torch.nn.Module:
     """The torch.export graph of an MLflow pytorch model; a pickled model or bundled code is refused."""
     where = folder / "MLmodel"
     if conf is None:
-        raise InputError(f"{where}: no pytorch flavour; coroseg loads only its own PyTorch models")
+        raise InputError(f"{where}: neither coroseg weights (data/{WEIGHTS_FILE}) nor a PyTorch flavour; coroseg "
+                         "loads only its own models and PyTorch models")
     if conf.get("code"):
         raise InputError(f"{where}: the model bundles Python code ({conf['code']}); refused, it would run on load")
     data = (folder / str(conf.get("model_data", "data"))).resolve()
@@ -78,15 +80,17 @@ def load_model(uri: str, device: torch.device, tracking_uri: str | None = None) 
     from coroseg.training.checkpoint import fit_weights, load_weights
 
     folder = model_store.local_copy(uri, tracking_uri)
-    metadata, conf = model_store.read_model_file(folder)
+    metadata, conf, model_id = model_store.read_model_file(folder)
     where = folder / "MLmodel"
     spec = ModelSpec.from_metadata(metadata, where)
-    weights = folder / "extra_files" / WEIGHTS_FILE
-    if spec.family is not None and weights.is_file():   # the fast path: seconds faster than the exported graph
-        return LoadedModel(load_weights(weights, _built(spec, where), spec.family).to(device).eval(), spec, uri)
+    weights = next((w for w in (folder / "data" / WEIGHTS_FILE, folder / "extra_files" / WEIGHTS_FILE)
+                    if w.is_file()), None)     # in data/ since models are pipelines, in extra_files/ before
+    if spec.family is not None and weights is not None:   # the fast path: seconds faster than the exported graph
+        return LoadedModel(load_weights(weights, _built(spec, where), spec.family).to(device).eval(), spec, uri,
+                           model_id)
     exported = _exported_graph(folder, conf)
     if spec.family is None:
         log.warning("%s: model has no coroseg metadata; running the exported graph on the CPU", redact_text(uri))
-        return LoadedModel(exported, spec, uri)
+        return LoadedModel(exported, spec, uri, model_id)
     model = fit_weights(_built(spec, where), exported.state_dict(), where, spec.family)
-    return LoadedModel(model.to(device).eval(), spec, uri)
+    return LoadedModel(model.to(device).eval(), spec, uri, model_id)

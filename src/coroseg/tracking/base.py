@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from coroseg.errors import Stopped
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """How MLflow names a dataset: a name and a short digest of its content."""
+    name: str
+    digest: str
 
 
 class Tracker:
@@ -29,8 +37,16 @@ class Tracker:
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        pass
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, model_id: str | None = None,
+                    dataset: "DatasetRef | None" = None) -> None:
+        """`model_id`: an MLflow LoggedModel these metrics are about (its page shows them); `dataset`: the
+        data they were measured on."""
+
+    def log_image(self, local_path: Path, key: str, step: int) -> None:
+        """A picture of one step (an epoch's overlay), for the UI's step slider; the file stays an artifact too."""
+
+    def log_dataset(self, dataset: "DatasetRef", context: str, source: str, profile: dict[str, Any]) -> None:
+        """The data the run used (`context`: training, validation, evaluation), as an MLflow dataset input."""
 
     def set_tags(self, tags: dict[str, str]) -> None:
         pass
@@ -38,8 +54,15 @@ class Tracker:
     def log_artifact(self, local_path: Path, artifact_dir: str) -> None:
         pass
 
-    def log_model(self, model: Any, input_example: Any, metadata: dict[str, Any], extra_files: list[str]) -> None:
-        pass
+    def log_model(self, weights: Path, metadata: dict[str, Any], input_example: Any,
+                  metrics: dict[str, float] | None = None, step: int | None = None,
+                  dataset: "DatasetRef | None" = None) -> None:
+        """The run's model: `weights` (safetensors) with its spec's `metadata` (see serving.py); `metrics` are
+        logged to the run linked to the model (measured on `dataset`)."""
+
+    def register_model(self, name: str, tags: dict[str, str]) -> None:
+        """Register the run's model as a new version of `name`; the `champion` alias moves to it only when its
+        `val_dice` tag beats the champion's, else it becomes the `challenger`."""
 
     def finish(self, status: str = "FINISHED") -> None:
         pass

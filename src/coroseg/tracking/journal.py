@@ -6,9 +6,13 @@
 (seconds), which becomes the metric timestamp and the run's start and end time. Kinds and their fields:
     start     run_name, tags, experiment, tracking_uri (redacted), parent_record (a fold: "..")
     resume    run_id                       (the same run carries on: `train --resume`)
-    params    params      metrics  metrics, step      tags  tags
+    params    params      metrics  metrics, step (+ model_id, dataset_name, dataset_digest)      tags  tags
     artifact  path (relative to the record), artifact_dir
-    model     path (the saved MLflow model folder, relative to the record), name
+    model     path (the saved MLflow model folder, relative to the record), name, metrics + step (logged
+              linked to the model), dataset_name + dataset_digest (what those metrics were measured on)
+    image     path (a PNG of the record), key, step: MLflow's stepped image (the UI's slider)
+    dataset   name, digest, context (training, validation, evaluation), source, profile
+    register  name, tags, model (the model entry's name): a new registered version, champion or challenger
     finish    status (FINISHED, FAILED, KILLED)
 Param and tag values are redacted before they are written here.
 

@@ -14,7 +14,7 @@ from filelock import FileLock
 
 from coroseg.errors import first_line
 from coroseg.tracking import layout
-from coroseg.tracking.base import Tracker
+from coroseg.tracking.base import DatasetRef, Tracker
 from coroseg.tracking.journal import Journal, hold_record
 from coroseg.tracking.redact import redact_text, redact_uri
 from coroseg.tracking.sender import PARAM_VALUE_LIMIT
@@ -24,6 +24,10 @@ log = logging.getLogger("coroseg")
 
 def redacted(values: dict[str, Any]) -> dict[str, str]:
     return {k: redact_text(str(v)) for k, v in values.items()}
+
+
+def _dataset_fields(dataset: DatasetRef | None) -> dict[str, str]:
+    return {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {}
 
 
 class JournalTracker(Tracker):
@@ -37,6 +41,8 @@ class JournalTracker(Tracker):
         self.children: list[JournalTracker] = []
         self.journal: Journal | None = None
         self._model: tuple | None = None        # log_model's arguments, saved into the record by finish
+        self._model_metrics: tuple = ({}, None, None)
+        self._register: tuple | None = None
         self._monitor = None
         self._record_lock: FileLock | None = None
 
@@ -70,8 +76,19 @@ class JournalTracker(Tracker):
     def log_params(self, params: dict[str, Any]) -> None:
         self._append("params", params={k: v[:PARAM_VALUE_LIMIT] for k, v in redacted(params).items()})
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self._append("metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step)
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, model_id: str | None = None,
+                    dataset: DatasetRef | None = None) -> None:
+        self._append("metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step,
+                     **({"model_id": model_id} if model_id else {}), **_dataset_fields(dataset))
+
+    def log_image(self, local_path: Path, key: str, step: int) -> None:
+        path, root = Path(local_path).resolve(), self.record_dir.resolve()
+        self._append("image", path=str(path.relative_to(root) if path.is_relative_to(root) else path), key=key,
+                     step=step)
+
+    def log_dataset(self, dataset: DatasetRef, context: str, source: str, profile: dict[str, Any]) -> None:
+        self._append("dataset", name=dataset.name, digest=dataset.digest, context=context,
+                     source=redact_text(source), profile=profile)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._append("tags", tags=redacted(tags))
@@ -81,9 +98,15 @@ class JournalTracker(Tracker):
         self._append("artifact", path=str(path.relative_to(root) if path.is_relative_to(root) else path),
                      artifact_dir=artifact_dir)
 
-    def log_model(self, model: Any, input_example: Any, metadata: dict[str, Any], extra_files: list[str]) -> None:
+    def log_model(self, weights: Path, metadata: dict[str, Any], input_example: Any,
+                  metrics: dict[str, float] | None = None, step: int | None = None,
+                  dataset: DatasetRef | None = None) -> None:
         # Saved by `finish`, not here: the journal names the folder only once it is complete.
-        self._model = (model, input_example, metadata, extra_files)
+        self._model = (weights, metadata, input_example)
+        self._model_metrics = ({k: float(v) for k, v in (metrics or {}).items()}, step, dataset)
+
+    def register_model(self, name: str, tags: dict[str, str]) -> None:
+        self._register = (name, redacted(tags))      # after the model, by `finish`
 
     @property
     def model_uri(self) -> str | None:
@@ -147,16 +170,23 @@ class JournalTracker(Tracker):
         from coroseg.tracking.model_store import save_model_folder
 
         folder = self.record_dir / layout.MODEL_NAME
-        model, example, metadata, extra_files = self._model
+        weights, metadata, example = self._model
+        metrics, step, dataset = self._model_metrics
         self._model = None
         try:
             if not (folder / "MLmodel").is_file():
-                save_model_folder(folder, model, example, metadata, extra_files)
+                save_model_folder(folder, weights, metadata, example)
         except Exception as exc:  # noqa: BLE001 - the weights are in the record already; the run still closes
             log.error("could not save the MLflow model into %s (%s: %s); its weights are in final_model/weights/",
                       folder, type(exc).__name__, redact_text(first_line(exc)))
+            if metrics:
+                self.log_metrics(metrics, step, dataset=dataset)      # not linked, but not lost
             return
-        self._append("model", path=layout.MODEL_NAME, name=layout.MODEL_NAME)
+        self._append("model", path=layout.MODEL_NAME, name=layout.MODEL_NAME, metrics=metrics, step=step,
+                     **_dataset_fields(dataset))
+        if self._register is not None:
+            name, tags = self._register
+            self._append("register", name=name, tags=tags, model=layout.MODEL_NAME)
 
     def _hold_record(self) -> None:
         """Tell `coroseg sync` that this process writes the record."""

@@ -25,32 +25,35 @@ def run_model_uri(run_id: str) -> str:
 
 
 def model_signature():
-    """Any batch size and any spatial size, one channel in, one probability channel out."""
+    """Raw grey frames in, masks (or probabilities) out, of any dtype, batch and size: MLflow's schema has no
+    type for "uint8, uint16 or float, any shape", so the tensors are declared as objects and the model
+    checks them itself (serving.py). `output` chooses masks or probabilities."""
     import numpy as np
     from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    spec = Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))])
-    return ModelSignature(inputs=spec, outputs=spec)
+    frames = Schema([TensorSpec(np.dtype(object), (-1,), name=None)])
+    return ModelSignature(inputs=frames, outputs=frames,
+                          params=ParamSchema([ParamSpec("output", "string", "mask")]))
 
 
 def pip_requirements() -> list[str]:
-    """Given explicitly: MLflow's own inference of them costs seconds and guesses."""
-    import mlflow
-    import numpy
-    import torch
+    """Given explicitly: MLflow's own inference of them costs seconds and guesses. The serving environment
+    also needs coroseg itself (serving.py is the model's loader): `pip install` this repository there."""
+    from importlib import metadata
 
-    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", f"numpy=={numpy.__version__}"]
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in ("torch", "mlflow", "numpy", "monai")]
 
 
-def save_model_folder(folder: Path, model: Any, input_example: Any, metadata: dict[str, Any],
-                      extra_files: list[str]) -> None:
-    """The MLflow model, saved once into the local record; the uploader logs this folder as the run's model."""
-    import mlflow.pytorch
+def save_model_folder(folder: Path, weights: Path, metadata: dict[str, Any], input_example: Any) -> None:
+    """The MLflow model, saved once into the local record (the uploader logs this folder as the run's model): a
+    pyfunc whose loader is coroseg.serving, holding the safetensors weights and the model spec as metadata.
+    Nothing to export or trace, and nothing pickled."""
+    import mlflow.pyfunc
 
-    mlflow.pytorch.save_model(model, str(folder), signature=model_signature(), input_example=input_example,
-                              pip_requirements=pip_requirements(), metadata=metadata, extra_files=extra_files,
-                              serialization_format="pt2")   # a graph, not a pickle: safe to load from anyone
+    mlflow.pyfunc.save_model(str(folder), loader_module="coroseg.serving", data_path=str(weights),
+                             signature=model_signature(), input_example=input_example,
+                             pip_requirements=pip_requirements(), metadata=metadata)
 
 
 def local_copy(uri: str, tracking_uri: str | None) -> Path:
@@ -79,15 +82,16 @@ def local_copy(uri: str, tracking_uri: str | None) -> Path:
         raise InputError(f"{redact_text(uri)}: cannot load model ({redact_text(first_line(exc))})") from exc
 
 
-def read_model_file(folder: Path) -> tuple[Any, dict[str, Any] | None]:
-    """The MLmodel file's metadata and its pytorch flavour's configuration (None: no such flavour)."""
+def read_model_file(folder: Path) -> tuple[Any, dict[str, Any] | None, str | None]:
+    """The MLmodel file's metadata, its pytorch flavour's configuration (None: no such flavour) and the id of
+    the LoggedModel it was logged as (None: saved, not logged)."""
     from mlflow.models import Model
 
     try:
         mlmodel = Model.load(str(folder))
     except Exception as exc:  # noqa: BLE001 - a broken YAML or schema: either way not a model we can use
         raise InputError(f"{folder / 'MLmodel'}: not a readable MLflow model file ({first_line(exc)})") from exc
-    return mlmodel.metadata, mlmodel.flavors.get("pytorch")
+    return mlmodel.metadata, mlmodel.flavors.get("pytorch"), mlmodel.model_id
 
 
 @contextmanager

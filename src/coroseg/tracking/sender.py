@@ -80,12 +80,21 @@ def run_exists(client: Any, run_id: str) -> bool:
     return True
 
 
-def _value_batches(entries: list[dict[str, Any]]):
-    """MLflow entities of params/metrics/tags entries, cut into calls within MLflow's limits."""
-    from mlflow.entities import Metric, Param, RunTag
+def _metrics(entry: dict[str, Any], model_id: str | None) -> list:
+    """The metrics of an entry, linked to LoggedModel `model_id` (None: to none) and to the entry's dataset."""
+    from mlflow.entities import Metric
 
-    metrics = [Metric(k, float(v), ms(e["time"]), e.get("step") or 0)
-               for e in entries if e["kind"] == "metrics" for k, v in e["metrics"].items()]
+    return [Metric(k, float(v), ms(entry["time"]), entry.get("step") or 0, model_id=model_id,
+                   dataset_name=entry.get("dataset_name"), dataset_digest=entry.get("dataset_digest"))
+            for k, v in (entry.get("metrics") or {}).items()]
+
+
+def _value_batches(client: Any, entries: list[dict[str, Any]]):
+    """MLflow entities of params/metrics/tags entries, cut into calls within MLflow's limits."""
+    from mlflow.entities import Param, RunTag
+
+    metrics = [m for e in entries if e["kind"] == "metrics"
+               for m in _metrics(e, e["model_id"] if _known_model(client, e.get("model_id")) else None)]
     params = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for e in entries if e["kind"] == "params"
               for k, v in e["params"].items()]
     params = list({p.key: p for p in params}.values())   # a key given twice in one batch is refused
@@ -95,8 +104,21 @@ def _value_batches(entries: list[dict[str, Any]]):
         metrics, params, tags = metrics[_MAX_METRICS:], params[_MAX_PARAMS:], tags[_MAX_TAGS:]
 
 
+def _known_model(client: Any, model_id: str | None) -> bool:
+    """A metric may name a LoggedModel of this store only (an evaluated model may come from elsewhere)."""
+    from mlflow.exceptions import MlflowException
+
+    if not model_id:
+        return False
+    try:
+        client.get_logged_model(model_id)
+    except MlflowException:
+        return False
+    return True
+
+
 def send_values(client: Any, run_id: str, entries: list[dict[str, Any]]) -> None:
-    for metrics, params, tags in _value_batches(entries):
+    for metrics, params, tags in _value_batches(client, entries):
         client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
 
 
@@ -104,16 +126,25 @@ def send_artifact(client: Any, run_id: str, record_dir: Path, entry: dict[str, A
     client.log_artifact(run_id, str(record_dir / entry["path"]), entry["artifact_dir"])
 
 
+def run_model(client: Any, run_id: str, name: str):
+    """The READY LoggedModel `name` of the run, or None."""
+    from mlflow.entities import LoggedModelStatus
+
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models([experiment_id], filter_string=f"name = '{name}'")
+    return next((m for m in found if m.source_run_id == run_id and m.status == LoggedModelStatus.READY), None)
+
+
 def send_model(client: Any, run_id: str, record_dir: Path, entry: dict[str, Any]) -> None:
     """The MLflow model saved in the record becomes the run's LoggedModel `name`, so that
-    `runs:/<run_id>/<name>` loads it; once per run, however often this is called."""
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    `runs:/<run_id>/<name>` loads it, and the entry's metrics are logged linked to it (the model's page shows
+    them); once per run, however often this is called."""
+    from mlflow.entities import LoggedModelOutput
     from mlflow.models import Model
 
     name = entry["name"]
     experiment_id = client.get_run(run_id).info.experiment_id
-    found = client.search_logged_models([experiment_id], filter_string=f"name = '{name}'")
-    if any(m.source_run_id == run_id and m.status == LoggedModelStatus.READY for m in found):
+    if run_model(client, run_id, name) is not None:
         return                                            # sent before; its mark was lost
     logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
@@ -127,6 +158,27 @@ def send_model(client: Any, run_id: str, record_dir: Path, entry: dict[str, Any]
         mlmodel.save(str(folder / "MLmodel"))
         client.log_model_artifacts(logged.model_id, str(folder))
     client.finalize_logged_model(logged.model_id, "READY")
+    metrics = _metrics(entry, logged.model_id)
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+
+
+def send_image(client: Any, run_id: str, record_dir: Path, entry: dict[str, Any]) -> None:
+    from PIL import Image
+
+    with Image.open(record_dir / entry["path"]) as image:
+        client.log_image(run_id, image.copy(), key=entry["key"], step=entry["step"], timestamp=ms(entry["time"]),
+                         synchronous=True)
+
+
+def send_dataset(client: Any, run_id: str, entry: dict[str, Any]) -> None:
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(entry["name"], entry["digest"], "local", entry["source"], profile=json.dumps(entry["profile"]))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
+                                                                             entry["context"])])])
 
 
 def send_run_state(client: Any, run_id: str, entry: dict[str, Any]) -> None:
@@ -136,8 +188,15 @@ def send_run_state(client: Any, run_id: str, entry: dict[str, Any]) -> None:
         client.update_run(run_id, status="RUNNING")
 
 
+def tell(text: str) -> None:
+    """What a user is told of a step the uploads took (a registry decision), on standard error."""
+    import sys
+
+    print(f"coroseg: {text}", file=sys.stderr, flush=True)
+
+
 def send_entries(client: Any, run_id: str, record_dir: Path, entries: list[dict[str, Any]],
-                 mark: Callable[[list[int], str | None], None]) -> None:
+                 mark: Callable[[list[int], str | None], None], say: Callable[[str], None] | None = None) -> None:
     """Send `entries` in journal order, calling `mark(seqs, rejected)` after each call that is done.
 
     Params, metrics and tags that follow each other go in one batch; artifacts go file by file. A refusal
@@ -160,6 +219,14 @@ def send_entries(client: Any, run_id: str, record_dir: Path, entries: list[dict[
             _attempt(lambda: send_artifact(client, run_id, record_dir, entry), [entry["seq"]], mark)
         elif entry["kind"] == "model":
             _attempt(lambda: send_model(client, run_id, record_dir, entry), [entry["seq"]], mark)
+        elif entry["kind"] == "image":
+            _attempt(lambda: send_image(client, run_id, record_dir, entry), [entry["seq"]], mark)
+        elif entry["kind"] == "dataset":
+            _attempt(lambda: send_dataset(client, run_id, entry), [entry["seq"]], mark)
+        elif entry["kind"] == "register":
+            from coroseg.tracking.registry import register
+
+            _attempt(lambda: (say or tell)(register(client, run_id, entry)), [entry["seq"]], mark)
         elif entry["kind"] in ("finish", "resume"):
             _attempt(lambda: send_run_state(client, run_id, entry), [entry["seq"]], mark)
         else:         # start: the run exists by now

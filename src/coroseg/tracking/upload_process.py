@@ -19,6 +19,7 @@ The pipe, one JSON object a line. To the process:
 From the process:
     {"record": DIR, "run_id": ID or null}    after the run's creation was tried, and once it succeeded
     {"told": TEXT}                           an upload failed: the command shows TEXT (once per command)
+    {"say": TEXT}                            what the uploads decided (a registry alias): the command shows it
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from coroseg.tracking.sender import tell
 
 GRACE_S = 5.0          # beyond the drain bound, for the process to exit before it is killed
 
@@ -117,6 +120,8 @@ class UploadProcess:
             if message.get("told"):
                 self.told = True
                 print(message["told"], file=sys.stderr, flush=True)
+            if message.get("say"):
+                tell(message["say"])
             if "record" in message:
                 with self._lock:
                     state = self.runs.setdefault(message["record"], RunState())
@@ -176,7 +181,8 @@ class _Worker:
         parent = self.uploaders.get(message.get("parent") or "")
         uploader = self.Uploader(Journal(Path(record)), message.get("tracking_uri"), message.get("experiment", ""),
                                  self.report, (lambda: parent.run_id) if parent else None,
-                                 on_opened=lambda run_id: self.say(record=record, run_id=run_id))
+                                 on_opened=lambda run_id: self.say(record=record, run_id=run_id),
+                                 say=lambda text: self.say(say=text))
         self.uploaders[record] = uploader
         uploader.start()
 

@@ -78,9 +78,11 @@ class Uploader:
     def __init__(self, journal: Journal, tracking_uri: str | None, experiment: str,
                  report: Callable[[str, BaseException], None],
                  parent_run_id: Callable[[], str | None] | None = None,
-                 on_opened: Callable[[str | None], None] | None = None) -> None:
+                 on_opened: Callable[[str | None], None] | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
         self.journal = journal
         self.on_opened = on_opened             # told the run's id once known, or None after a first failed try
+        self.say = say                         # tells the user what the uploads decided (a registry alias)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.report = report
@@ -171,7 +173,7 @@ class Uploader:
         if self.run_id is None:
             self._open_run(batch[0])
             batch = batch[1:]
-        send_entries(self._client, self.run_id, self.journal.record_dir, batch, self._mark)
+        send_entries(self._client, self.run_id, self.journal.record_dir, batch, self._mark, self.say)
 
     def _mark(self, seqs: list[int], rejected: str | None) -> None:
         self.journal.mark_sent(self.run_id, seqs, rejected)

@@ -94,10 +94,7 @@ def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, 
                 result = train(config, data, model, device, session, resume.state if resume else None, stop)
                 if stop() is not None:                    # asked while the last epoch was recorded
                     raise TrainingInterrupted(stop())
-            best = best_model(model, result)
-            # A batch of 2: the pt2 export makes size-1 dimensions static, and the batch must stay dynamic.
-            example = torch.cat([data.val.images, data.train.images])[:2].numpy()
-            session.end(result, best, example)
+            session.end(result, best_model(model, result))
     except TrainingInterrupted as stopped:
         stopped.record_dir, stopped.run_id = record_dir, tracker.run_id    # what the resume command needs
         raise
@@ -178,6 +175,11 @@ def resume_training(config: TrainConfig, resume: Resume) -> TrainingOutcome:
 
 def run_training(config: TrainConfig) -> TrainingOutcome:
     family(config.model_family)                       # unknown family: error before anything else
+    if config.register and config.folds > 1:
+        from coroseg.errors import InputError
+
+        raise InputError(f"--register {config.register} with --folds {config.folds}: cross-validation compares "
+                         "recipes and logs no single model; train the chosen recipe without --folds to register it")
     device = resolve_device(config.device)
     init = _initial_weights(config)                   # bad input: error before any run is created
     splits = load_training_data(config)

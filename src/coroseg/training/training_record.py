@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from pathlib import Path
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 import torch
 
 from coroseg.config import TrainConfig, to_yaml
@@ -19,6 +20,7 @@ from coroseg.training.postprocess import PostprocessingChoice
 from coroseg.training.state import TrainingState, save_state
 from coroseg.training.trainer import EpochResult, Preview, TrainResult
 from coroseg.tracking import layout
+from coroseg.tracking.base import DatasetRef
 from coroseg.tracking.environment import environment_params
 from coroseg.tracking.record import RunRecord, markdown_rows, markdown_table, to_csv
 from coroseg.tracking.redact import redact_uri
@@ -103,6 +105,9 @@ class TrainingRecord:
             "data_digest": self.data.digest,
         }
         self.tracker.log_params(params)
+        for context, frames in (("training", self.data.train), ("validation", self.data.val)):
+            self.tracker.log_dataset(self.dataset(context), context, self.data.source,
+                                     {"frames": len(frames), "names": frames.names, "data_digest_sha256": self.data.digest})
         self.record.write_text("config", "config.yaml", to_yaml(self.resolved_config()))
         self.record.write_json("config", "environment.json", self.env)
         self.record.write_json("config", "data.json", self.data_record())
@@ -139,13 +144,14 @@ class TrainingRecord:
         self.record.write_json("epoch_summary", "summary.json", metrics, e)
         self.record.write_text("epoch_summary", "summary.md", f"# Epoch {e}\n\n" + markdown_table(metrics), e)
         for name, image, mask, probs in zip(preview.names, preview.images, preview.masks, preview.probabilities):
-            self.record.write_bytes("epoch_predictions", f"{name}.png",
-                                    png_bytes(comparison(image, probs > THRESHOLD, mask)), e)
+            path = self.record.write_bytes("epoch_predictions", f"{name}.png",
+                                           png_bytes(comparison(image, probs > THRESHOLD, mask)), e)
+            self.tracker.log_image(path, f"overlay_{name}", e)     # the UI's step slider shows the progress
         self.record.write_bytes("curves", "training_curves.png", training_curves([asdict(h) for h in history]), e)
         self.record.write_text("epoch_log", "epoch.log", self.logs.take_epoch(), e)
 
     # -- end -----------------------------------------------------------------------------------
-    def end(self, result: TrainResult, best: SegmentationModel, example: np.ndarray) -> None:
+    def end(self, result: TrainResult, best: SegmentationModel) -> None:
         last = result.history[-1].epoch if result.history else 0
         self.choice = result.postprocessing                  # chosen by the trainer on the best epoch
         chosen = {}
@@ -153,8 +159,7 @@ class TrainingRecord:
             chosen = {"chosen_threshold": self.choice.chosen.threshold,
                       "chosen_min_component_fraction": self.choice.chosen.min_component_fraction,
                       "val_dice_postprocessed": self.choice.val_dice_after}
-        self.tracker.log_metrics({"best_val_dice": result.best_val_dice,
-                                  "training_duration_seconds": result.training_duration_seconds, **chosen}, step=last)
+        self.tracker.log_metrics({"training_duration_seconds": result.training_duration_seconds}, step=last)
         weights = self.record.write_bytes("final_weights", layout.WEIGHTS_FILE, weights_bytes(best.state_dict()))
         self.record.write_text("final_config", "config.yaml", to_yaml(self.model_config()))
         history = [asdict(h) for h in result.history]
@@ -165,7 +170,21 @@ class TrainingRecord:
         self.record.write_text("final_summary", "model_summary.md", _model_markdown(summary, best))
         self.record.write_json("summary", "summary.json", summary)
         self.record.write_text("summary", "summary.md", _run_markdown(summary, history))
-        self.tracker.log_model(best, example, self.model_spec().to_metadata(), [str(weights)])
+        # The validation figures go with the model: its page in the MLflow UI shows them.
+        linked = {"best_val_dice": result.best_val_dice, **_best_epoch_vessel_metrics(result), **chosen}
+        self.tracker.log_model(weights, self.model_spec().to_metadata(), self.data.example[None], metrics=linked,
+                               step=last, dataset=self.dataset("validation"))
+        if self.config.register:
+            self.tracker.register_model(self.config.register, {
+                "val_dice": f"{summary['val_dice_postprocessed'] or result.best_val_dice:.6f}",
+                "data_digest": self.data.digest, "model_family": self.config.model_family})
+
+    def dataset(self, context: str) -> DatasetRef:
+        """The split as MLflow names a dataset: the data's name and a digest of it and the split's frames."""
+        frames = self.data.train if context == "training" else self.data.val
+        name = "synthetic" if self.data.source.startswith("synthetic") else Path(self.data.source).name
+        digest = hashlib.sha256("\n".join([self.data.digest, *frames.names]).encode()).hexdigest()[:16]
+        return DatasetRef(f"{name}-{'train' if context == 'training' else 'val'}", digest)
 
     def _earlier_log(self) -> str:
         """The log of the run's earlier processes: the whole log when one closed it, else (after SIGKILL) the
