@@ -28,6 +28,7 @@ def test_cross_validation_runs(tmp_path, small_config):
     result = run_cli("train", "--config", small_config, "--epochs", 1, "--folds", 3, "--tracking-uri", store,
                      "--experiment", "cv", "--run-name", "cv", cwd=tmp_path)
     assert result.exit_code == 0, result.stderr
+    assert not result.value("run_id").startswith("none"), result.stderr
     client = MlflowClient(store)
     parent = client.get_run(result.value("run_id"))
     children = client.search_runs([parent.info.experiment_id],
@@ -44,7 +45,21 @@ def test_cross_validation_runs(tmp_path, small_config):
         assert "metrics/epoch_001/metrics.json" in artifacts and "final_model/weights/model.safetensors" in artifacts
         assert child.data.metrics["best_val_dice"] == pytest.approx(
             float(next(r for r in rows if r["run_id"] == child.info.run_id)["best_val_dice"]))
-    assert result.value("model_uri").startswith("runs:/")
+    # the printed model is the parent's ensemble: the mean of the folds' networks
+    import torch
+
+    from coroseg.inference.model_loading import load_model
+
+    assert result.value("model_uri") == f"runs:/{parent.info.run_id}/pytorch_model"
+    ensemble = load_model(result.value("model_uri"), torch.device("cpu"), store)
+    assert ensemble.spec.members == 3
+    folds = [load_model(f"runs:/{c.info.run_id}/pytorch_model", torch.device("cpu"), store) for c in children]
+    x = torch.rand(2, 1, 48, 56)
+    with torch.no_grad():
+        expected = torch.stack([f.module(x) for f in folds]).mean(0)
+        assert torch.allclose(ensemble.module(x), expected, atol=1e-6)
+    assert "cv_oof_val_dice_postprocessed" in parent.data.metrics
+    assert ensemble.spec.postprocessing.threshold == pytest.approx(parent.data.metrics["chosen_threshold"])
 
 
 def test_init_starts_from_another_runs_weights(trained, tmp_path, small_config):

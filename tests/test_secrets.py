@@ -103,6 +103,7 @@ def test_params_tags_and_record_of_a_tracked_run_hold_no_secret(tmp_path, small_
     result = run_cli("train", "--config", small_config, "--epochs", 1, "--data", data, "--tracking-uri", store,
                      cwd=tmp_path)
     assert result.exit_code == 0, result.stderr
+    assert not result.value("run_id").startswith("none"), result.stderr
     run = MlflowClient(tracking_uri=store).get_run(result.value("run_id"))
     values = list(run.data.params.values()) + list(run.data.tags.values())
     assert any("frames-***" in v for v in values)      # the param is there, without its secret part

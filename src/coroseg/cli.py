@@ -15,6 +15,7 @@ from coroseg import mlflow_env
 from coroseg.config import TrainConfig
 from coroseg.errors import InputError, first_line
 from coroseg.data.pairs import FORMATS
+from coroseg.export import FORMATS as EXPORT_FORMATS, export_model   # light: the model loads lazily
 from coroseg.models import FAMILIES
 from coroseg.tracking.redact import RedactingFilter, redact_text
 from coroseg.training.losses import LOSSES
@@ -298,7 +299,6 @@ def ui(port: int, backend_store_uri: str | None) -> None:
     sys.exit(serve(port, backend_store_uri))
 
 
-from coroseg.export import FORMATS as EXPORT_FORMATS, export_model  # noqa: E402 - light: loads the model lazily
 
 
 @main.command()

@@ -19,6 +19,7 @@ from coroseg.errors import InputError
 from coroseg.training.postprocess import Postprocessing
 
 MAX_IMAGE_SIZE = 8192          # a recorded working size above this is not a model of ours
+MAX_MEMBERS = 20              # networks in an ensemble (one per cross-validation fold)
 MAX_WIDTH = 1024               # any whole number in recorded constructor arguments (channels, features...)
 INPUT = "float32 (N,1,H,W) grayscale frames prepared by coroseg.data.preprocess.prepare"
 OUTPUT = "float32 (N,1,H,W) vessel probabilities"
@@ -32,20 +33,26 @@ class ModelSpec:
     divisor: int = 16                     # input sides must be multiples of this
     preprocessing: Preprocessing = Preprocessing()
     postprocessing: Postprocessing = Postprocessing()
+    members: int = 1                      # > 1: an ensemble of that many networks (cross-validation folds)
 
     @classmethod
-    def of_training(cls, config: TrainConfig, postprocessing: Postprocessing | None = None) -> "ModelSpec":
+    def of_training(cls, config: TrainConfig, postprocessing: Postprocessing | None = None,
+                    members: int = 1) -> "ModelSpec":
         from coroseg.data.dataset import preprocessing_of
         from coroseg.models import architecture_of, family
 
         return cls(config.model_family, architecture_of(config.model_family), config.image_size,
-                   family(config.model_family).divisor, preprocessing_of(config), postprocessing or Postprocessing())
+                   family(config.model_family).divisor, preprocessing_of(config), postprocessing or Postprocessing(),
+                   members)
 
     def build(self):
-        """A freshly built `SegmentationModel` of this architecture (its weights are still to be loaded)."""
-        from coroseg.models import build_model
+        """A freshly built `SegmentationModel` of this architecture, or the `Ensemble` of `members` of them (its
+        weights are still to be loaded)."""
+        from coroseg.models import Ensemble, build_model
 
-        return build_model(self.family, self.architecture, self.divisor)
+        if self.members == 1:
+            return build_model(self.family, self.architecture, self.divisor)
+        return Ensemble([build_model(self.family, self.architecture, self.divisor) for _ in range(self.members)])
 
     def to_metadata(self) -> dict[str, Any]:
         return {
@@ -56,6 +63,7 @@ class ModelSpec:
             "threshold": self.postprocessing.threshold,
             "min_component_fraction": self.postprocessing.min_component_fraction,
             "preprocessing": self.preprocessing.to_metadata(),
+            "members": self.members,
             "input": INPUT,
             "output": OUTPUT,
         }
@@ -76,6 +84,7 @@ class ModelSpec:
         divisor = _number(metadata, "divisor", 1, 1024, where, whole=True)
         threshold = _number(metadata, "threshold", 0.0, 1.0, where)
         fraction = _number(metadata, "min_component_fraction", 0.0, 1.0, where)
+        members = _number(metadata, "members", 1, MAX_MEMBERS, where, whole=True)
         preprocessing = metadata.get("preprocessing", {})
         if not isinstance(preprocessing or {}, dict):
             raise InputError(f"{where}: metadata preprocessing must be a mapping, got {preprocessing!r}")
@@ -89,6 +98,7 @@ class ModelSpec:
             postprocessing=Postprocessing(
                 threshold if threshold is not None else defaults.postprocessing.threshold,
                 fraction if fraction is not None else defaults.postprocessing.min_component_fraction),
+            members=int(members or 1),
         )
 
 

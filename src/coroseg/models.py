@@ -117,6 +117,17 @@ def parameter_count(model: nn.Module) -> int:
 VESSEL_PRIOR = 0.05
 
 
+class Ensemble(nn.Module):
+    """The mean of its members' vessel probabilities: the models of a cross-validation's folds."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+
+
 class SegmentationModel(nn.Module):
     """Any (N,1,H,W) float32 frame batch in, vessel probabilities of the same shape out."""
 

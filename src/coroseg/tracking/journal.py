@@ -11,7 +11,7 @@
     model     path (the saved MLflow model folder, relative to the record), name, metrics + step (logged
               linked to the model), dataset_name + dataset_digest (what those metrics were measured on)
     image     path (a PNG of the record), key, step: MLflow's stepped image (the UI's slider)
-    dataset   name, digest, context (training, validation, evaluation), source, profile
+    dataset   dataset_name, dataset_digest, context (training, validation, evaluation), source, profile
     register  name, tags, model (the model entry's name): a new registered version, champion or challenger
     finish    status (FINISHED, FAILED, KILLED)
 Param and tag values are redacted before they are written here.

@@ -27,7 +27,8 @@ def redacted(values: dict[str, Any]) -> dict[str, str]:
 
 
 def _dataset_fields(dataset: DatasetRef | None) -> dict[str, str]:
-    return {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {}
+    """A dataset's name (redacted: it comes from a folder's name) and digest, as journal fields."""
+    return {"dataset_name": redact_text(dataset.name), "dataset_digest": dataset.digest} if dataset else {}
 
 
 class JournalTracker(Tracker):
@@ -87,8 +88,8 @@ class JournalTracker(Tracker):
                      step=step)
 
     def log_dataset(self, dataset: DatasetRef, context: str, source: str, profile: dict[str, Any]) -> None:
-        self._append("dataset", name=dataset.name, digest=dataset.digest, context=context,
-                     source=redact_text(source), profile=profile)
+        self._append("dataset", **_dataset_fields(dataset), context=context, source=redact_text(source),
+                     profile=profile)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._append("tags", tags=redacted(tags))

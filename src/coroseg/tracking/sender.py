@@ -176,7 +176,8 @@ def send_dataset(client: Any, run_id: str, entry: dict[str, Any]) -> None:
 
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    dataset = Dataset(entry["name"], entry["digest"], "local", entry["source"], profile=json.dumps(entry["profile"]))
+    dataset = Dataset(entry["dataset_name"], entry["dataset_digest"], "local", entry["source"],
+                      profile=json.dumps(entry["profile"]))
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
                                                                              entry["context"])])])
 

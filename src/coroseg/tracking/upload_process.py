@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -159,7 +160,7 @@ class _Worker:
         """Carry out one message; False once the process should drain and end."""
         op = message.get("op")
         if op == "store":
-            threading.Thread(target=_open_store, args=(message.get("tracking_uri"),), daemon=True).start()
+            _open_store(message.get("tracking_uri"))
         elif op == "follow":
             self._follow(message)
         elif op == "entry":
@@ -209,21 +210,30 @@ def main() -> None:
     from coroseg import mlflow_env
 
     mlflow_env.apply()
+    inbox: queue.Queue[str | None] = queue.Queue()      # read at once, so that the command never waits on the pipe
+    threading.Thread(target=_read_lines, args=(sys.stdin, inbox), daemon=True).start()
+    # Here, once, before any uploader thread: MLflow imported by several threads at once can fail half-initialised.
+    import mlflow.entities  # noqa: F401
+    from mlflow import MlflowClient  # noqa: F401
     worker = _Worker(sys.stdout)
-    go_on = True
-    for line in sys.stdin:
+    while (line := inbox.get()) is not None:
         try:
             message = json.loads(line)
         except json.JSONDecodeError:
             continue
         if not worker.handle(message):
-            go_on = False
             break
-    if go_on:                                        # the command ended without a word (killed)
+    else:                                            # the command ended without a word (killed)
         worker.drain(worker.drain_seconds())
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)     # uploader threads stuck on a server that never answers are left behind, by design
+
+
+def _read_lines(stream: TextIO, inbox: "queue.Queue[str | None]") -> None:
+    for line in stream:
+        inbox.put(line)
+    inbox.put(None)
 
 
 if __name__ == "__main__":

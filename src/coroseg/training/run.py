@@ -14,11 +14,13 @@ import torch
 from coroseg.config import TrainConfig, to_yaml
 from coroseg.data.dataset import TrainingData, load_training_data
 from coroseg.model_spec import ModelSpec
-from coroseg.models import build_model, family
+from coroseg.models import Ensemble, build_model, family
 from coroseg.tracking import layout
 from coroseg.tracking.base import Tracker, make_tracker, run_status
 from coroseg.tracking.environment import environment, resolve_device
 from coroseg.tracking.record import RunRecord, markdown_rows, markdown_table, new_record_dir, to_csv
+from coroseg.training.checkpoint import weights_bytes
+from coroseg.training.postprocess import choose_postprocessing
 from coroseg.training.resume import Resume, check_data
 from coroseg.training.signals import StopSignals
 from coroseg.training.training_record import TrainingRecord, resolved_config, run_params
@@ -37,6 +39,9 @@ class TrainingOutcome:
     history: list[EpochResult]
     wall_seconds: float                 # the whole call: data, run start, loop, record, model
     cross_validation: dict[str, float] | None = None   # mean and sd over folds, with --folds > 1
+    best: torch.nn.Module | None = None                # the best epoch's network (CPU): a fold's, for the ensemble
+    val_probabilities: torch.Tensor | None = None      # its validation probabilities, (N,1,S,S)
+    val_masks: torch.Tensor | None = None
 
 
 def _default_run_name(config: TrainConfig) -> str:
@@ -56,6 +61,9 @@ def _initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
 
     loaded = load_model(config.init, torch.device("cpu"), config.tracking_uri)
     family_there = loaded.spec.family
+    if loaded.spec.members > 1:
+        raise InputError(f"--init {config.init}: an ensemble of {loaded.spec.members} networks cannot start one "
+                         "training; start from one of its folds' models (runs:/<fold run>/pytorch_model)")
     if family_there != config.model_family:
         raise InputError(f"--init {config.init}: a {family_there} model cannot start a {config.model_family} training")
     here = ModelSpec.of_training(config)
@@ -94,7 +102,8 @@ def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, 
                 result = train(config, data, model, device, session, resume.state if resume else None, stop)
                 if stop() is not None:                    # asked while the last epoch was recorded
                     raise TrainingInterrupted(stop())
-            session.end(result, best_model(model, result))
+            best = best_model(model, result)
+            session.end(result, best)
     except TrainingInterrupted as stopped:
         stopped.record_dir, stopped.run_id = record_dir, tracker.run_id    # what the resume command needs
         raise
@@ -106,6 +115,9 @@ def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, 
         tracking_failed=tracker.failed,
         history=result.history,
         wall_seconds=time.perf_counter() - started,
+        best=best,
+        val_probabilities=result.best_val_probabilities,
+        val_masks=data.val.masks,
     )
 
 
@@ -144,6 +156,7 @@ def _cross_validate(config: TrainConfig, folds: list[TrainingData], device: torc
             rows = [_fold_row(i, o) for i, o in enumerate(outcomes, 1)]
             summary = _cv_summary(rows)
             tracker.log_metrics(summary)
+            _log_ensemble(config, folds, outcomes, record, tracker)
             record.write_text("summary", "cross_validation.csv", to_csv(rows))
             record.write_json("summary", "cross_validation.json", {**summary, "folds": rows})
             record.write_text("summary", "cross_validation.md", _cv_markdown(summary, rows))
@@ -154,7 +167,27 @@ def _cross_validate(config: TrainConfig, folds: list[TrainingData], device: torc
     log.info("cross-validation: best_val_dice %.4f +- %.4f over %d folds", summary["cv_best_val_dice_mean"],
              summary["cv_best_val_dice_std"], len(folds))
     return replace(best, run_id=tracker.run_id, record_dir=record_dir, tracking_failed=tracker.failed,
-                   wall_seconds=time.perf_counter() - started, cross_validation=summary)
+                   wall_seconds=time.perf_counter() - started, cross_validation=summary,
+                   model_uri=tracker.model_uri)
+
+
+def _log_ensemble(config: TrainConfig, folds: list[TrainingData], outcomes: list[TrainingOutcome],
+                  record: RunRecord, tracker: Tracker) -> None:
+    """The parent run's model: the mean of the folds' networks, post-processed as chosen on the out-of-fold
+    predictions (every frame predicted by the fold model that did not train on it)."""
+    choice = choose_postprocessing(torch.cat([o.val_probabilities for o in outcomes]),
+                                   torch.cat([o.val_masks for o in outcomes]))
+    log.info("ensemble of %d folds: post-processing chosen on out-of-fold predictions: threshold %.2f, min "
+             "component %.4f; out-of-fold val_dice %.4f -> %.4f", len(outcomes), choice.chosen.threshold,
+             choice.chosen.min_component_fraction, choice.val_dice_before, choice.val_dice_after)
+    ensemble = Ensemble([o.best for o in outcomes])
+    weights = record.write_bytes("final_weights", layout.WEIGHTS_FILE, weights_bytes(ensemble.state_dict()))
+    spec = ModelSpec.of_training(config, choice.chosen, members=len(outcomes))
+    tracker.log_model(weights, spec.to_metadata(), folds[0].example[None],
+                      metrics={"cv_oof_val_dice": choice.val_dice_before,
+                               "cv_oof_val_dice_postprocessed": choice.val_dice_after,
+                               "chosen_threshold": choice.chosen.threshold,
+                               "chosen_min_component_fraction": choice.chosen.min_component_fraction})
 
 
 def _cv_markdown(summary: dict[str, float], rows: list[dict]) -> str:
