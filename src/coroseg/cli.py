@@ -123,9 +123,14 @@ def _tracking_options(func):
     return func
 
 
+_MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separated, or 'all') that form the vessel "
+                      "mask.  [default: every class but one named stenosis]")
+
+
 @main.command()
 @click.option("--data", default=None, help=_default("'synthetic', or a folder of N.png + N_gt.png (or images/ + masks/).", "data"))
 @click.option("--data-format", default=None, type=click.Choice(FORMATS), help=_default("Layout of the --data folder.", "data_format"))
+@click.option("--mask-classes", default=None, metavar="IDS|NAMES", help=_MASK_CLASSES_HELP)
 @click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
 @click.option("--init", default=None, help="Start from the weights of this model URI (e.g. synthetic pretraining, then fine-tuning).")
 @click.option("--folds", default=None, type=click.IntRange(min=1), help=_default("K > 1: K-fold cross-validation, a parent run with one nested run per fold.", "folds"))
@@ -200,12 +205,13 @@ _FORMAT_HELP = "Layout of the data folder; auto detects it and says what it foun
 @main.command("check-data")
 @click.argument("folder", type=click.Path())
 @click.option("--data-format", default="auto", show_default=True, type=click.Choice(FORMATS), help=_FORMAT_HELP)
+@click.option("--mask-classes", default=None, metavar="IDS|NAMES", help=_MASK_CLASSES_HELP)
 @user_errors
-def check_data_command(folder: str, data_format: str) -> None:
+def check_data_command(folder: str, data_format: str, mask_classes: str | None) -> None:
     """Count pairs, sizes and vessel fraction of a data folder and list every problem (exit 1 if any)."""
     from coroseg.data.check import check_data
 
-    report = check_data(folder, data_format)
+    report = check_data(folder, data_format, mask_classes)
     for line in report.lines():
         click.echo(line)
     sys.exit(1 if report.problems else 0)
@@ -243,12 +249,13 @@ def predict(model_uri, input_path, output, batch_size, resolution, device, tta, 
 @click.option("--model", "model_uri", required=True, help="runs:/<run_id>/pytorch_model, models:/<name>/<version>, or a local MLflow model folder.")
 @click.option("--data", required=True, type=click.Path(), help="Folder of N.png + N_gt.png (or images/ + masks/, DCA1, ARCADE).")
 @click.option("--data-format", default="auto", show_default=True, type=click.Choice(FORMATS), help=_FORMAT_HELP)
+@click.option("--mask-classes", default=None, metavar="IDS|NAMES", help=_MASK_CLASSES_HELP)
 @click.option("--output", default=None, type=click.Path(file_okay=False), help="Folder for predictions and per-image metrics.  [default: coroseg_runs/DATE-evaluate]")
 @_inference_options
 @_tracking_options
 @click.option("--no-tracking", is_flag=True, help="Write the outputs only; record no MLflow run.")
 @user_errors
-def evaluate(model_uri, data, data_format, output, batch_size, resolution, device, tta, tracking_uri, experiment,
+def evaluate(model_uri, data, data_format, mask_classes, output, batch_size, resolution, device, tta, tracking_uri, experiment,
              no_tracking) -> None:
     """Predict on labelled frames and record Dice, IoU, precision and recall per image and on average."""
     from coroseg.evaluation.evaluate import run_evaluation
@@ -256,7 +263,7 @@ def evaluate(model_uri, data, data_format, output, batch_size, resolution, devic
 
     options = InferenceOptions(model_uri, output, batch_size, resolution, device, False, tracking_uri,
                                experiment or _DEFAULTS.experiment, not no_tracking, tta)
-    outcome = run_evaluation(options, data, data_format)
+    outcome = run_evaluation(options, data, data_format, mask_classes)
     lines = [f"{k}: {v:.4f}" for k, v in outcome.means.items()] + [f"output: {outcome.output}"]
     _print_run(outcome.run_id, outcome.tracking_failed, lines)
 

@@ -22,6 +22,7 @@ class TrainConfig:
     # data
     data: str = "synthetic"             # "synthetic" or a folder of image/mask pairs
     data_format: str = "auto"           # one of data.pairs.FORMATS
+    mask_classes: str | None = None     # yolo labels: class ids/names forming the mask; None: all but stenosis
     synthetic_count: int = 48           # frames generated when data == "synthetic"
     synthetic_size: int = 300           # side of generated frames, like the CIMAT frames
     val_fraction: float = 0.2

@@ -19,6 +19,7 @@ class DataReport:
     sizes: dict[tuple[int, int], int] = field(default_factory=dict)   # (width, height) -> count
     vessel_fractions: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(self.sizes.items()))
@@ -29,14 +30,15 @@ class DataReport:
             f"pairs: {self.pairs}",
             f"sizes: {sizes or '-'}",
             f"vessel fraction: mean {fractions.mean():.4f}, min {fractions.min():.4f}, max {fractions.max():.4f}",
+            *self.notes,
             f"problems: {len(self.problems)}",
             *(f"  {p}" for p in self.problems),
         ]
 
 
-def check_data(folder: str | Path, data_format: str = "auto") -> DataReport:
-    scan = scan_folder(folder, data_format)
-    report = DataReport(scan.folder, scan.format, problems=list(scan.problems))
+def check_data(folder: str | Path, data_format: str = "auto", mask_classes=None) -> DataReport:
+    scan = scan_folder(folder, data_format, mask_classes)
+    report = DataReport(scan.folder, scan.format, problems=list(scan.problems), notes=list(scan.notes))
     for pair in scan.pairs:
         try:
             image, mask = read_pair(pair)          # the same reading, and the same refusals, as train
@@ -47,7 +49,7 @@ def check_data(folder: str | Path, data_format: str = "auto") -> DataReport:
         size = (image.shape[1], image.shape[0])
         report.sizes[size] = report.sizes.get(size, 0) + 1
         report.vessel_fractions.append(float(mask.mean()))
-        if not mask.any():
+        if not mask.any() and not getattr(pair.mask, "no_vessel", False):   # an empty YOLO label file says so
             report.problems.append(f"{pair.mask}: empty mask (no vessel pixel)")
     if not scan.pairs and not scan.problems:
         report.problems.append(f"{scan.folder}: no image/mask pairs found")

@@ -63,9 +63,10 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (resize_image(mask.float(), size) > 0.5).float()
 
 
-def _read_folder(folder: str, data_format: str) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+def _read_folder(folder: str, data_format: str,
+                 mask_classes=None) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     images, masks, names = [], [], []
-    scan = checked_scan(folder, data_format)
+    scan = checked_scan(folder, data_format, mask_classes)
     for pair in scan.pairs:
         image, mask = read_pair(pair)
         images.append(image)
@@ -157,7 +158,7 @@ def load_training_data(config: TrainConfig) -> list[TrainingData]:
         images, masks, names = _synthesize(config.synthetic_count, config.synthetic_size, config.seed)
         source = f"synthetic(count={config.synthetic_count}, size={config.synthetic_size}, seed={config.seed})"
     else:
-        images, masks, names = _read_folder(config.data, config.data_format)
+        images, masks, names = _read_folder(config.data, config.data_format, config.mask_classes)
         source = str(Path(config.data).resolve())
     if len(names) < 2:
         raise InputError(f"{config.data}: need at least 2 image/mask pairs to train and validate, found {len(names)}")

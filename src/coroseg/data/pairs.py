@@ -4,6 +4,8 @@
 - `dca1`         `N.pgm` + `N_gt.pgm` side by side (DCA1)
 - `images-masks` `images/` + `masks/` with matching names
 - `arcade`       `images/` + a COCO JSON of vessel-segment polygons (ARCADE), drawn into one mask
+- `yolo`         `images/` + `labels/N.txt` YOLO segmentation polygons (data.yaml names the classes), drawn
+                 into one mask (data/yolo.py); `mask_classes` chooses the classes, by default all but stenosis
 
 A scan collects every problem it meets, so `check-data` can list them all; training and evaluation
 stop at the first one.
@@ -21,12 +23,13 @@ import numpy as np
 
 from coroseg.data.dicom import is_dicom_file
 from coroseg.data.imageio import check_pixel_count, is_image_file, read_gray, read_mask
+from coroseg.data.yolo import YoloMask
 from coroseg.errors import InputError
 
 log = logging.getLogger("coroseg")
 
 MASK_SUFFIX = "_gt"
-FORMATS = ("auto", "pairs", "dca1", "images-masks", "arcade")
+FORMATS = ("auto", "pairs", "dca1", "images-masks", "arcade", "yolo")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class PolygonMask:
         return mask
 
 
-MaskSource = Union[Path, PolygonMask]
+MaskSource = Union[Path, PolygonMask, YoloMask]
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class Pair:
 
 
 def load_mask(source: MaskSource) -> np.ndarray:
-    return source.read() if isinstance(source, PolygonMask) else read_mask(source)
+    return read_mask(source) if isinstance(source, Path) else source.read()
 
 
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +84,7 @@ class Scan:
     format: str
     pairs: list[Pair] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # "path: problem", one per line
+    notes: list[str] = field(default_factory=list)      # said once: e.g. label classes left out of the masks
 
 
 def natural_key(path: Path) -> list:
@@ -149,18 +153,53 @@ def _scan_arcade(scan: Scan) -> None:
             scan.problems.append(f"{image}: listed in {coco} but missing")
 
 
+def _scan_yolo(scan: Scan, selection) -> None:
+    from coroseg.data.yolo import mask_classes, read_labels, read_names
+
+    data_yaml = next((p for p in (scan.folder / "data.yaml", scan.folder / "data.yml") if p.is_file()), None)
+    names = read_names(data_yaml) if data_yaml is not None else None
+    keep, scan.notes = mask_classes(selection, names)
+    label_dir = scan.folder / "labels"
+    if not label_dir.is_dir() or not (scan.folder / "images").is_dir():
+        scan.problems.append(f"{scan.folder}: expected images/ and labels/ folders (YOLO: labels/N.txt per frame)")
+        return
+    labels = {p.stem: p for p in sorted(label_dir.glob("*.txt"), key=natural_key) if not p.name.startswith(".")}
+    for image in _images_in(scan.folder / "images"):
+        label = labels.pop(image.stem, None)
+        if label is None:
+            scan.problems.append(f"{image}: image without label file (expected {label_dir / (image.stem + '.txt')}; "
+                                 "an empty one means no vessel)")
+            continue
+        if inside(scan.folder, label) is None:
+            scan.problems.append(f"{label}: points outside the data folder {scan.folder}")
+            continue
+        found, problems = read_labels(label, names)
+        scan.problems += problems
+        polygons = tuple(x.polygon for x in found if x.cls in keep)
+        scan.pairs.append(Pair(image, YoloMask(label, image, polygons, no_vessel=not found and not problems)))
+    scan.problems += [f"{label}: label file without image in {scan.folder / 'images'}" for label in labels.values()]
+
+
+def _is_yolo(folder: Path) -> bool:
+    return (folder / "images").is_dir() and (folder / "labels").is_dir() and any((folder / "labels").glob("*.txt"))
+
+
 def detect_format(folder: Path) -> str:
     if (folder / "images").is_dir() and (folder / "masks").is_dir():
         return "images-masks"
     if _coco_file(folder) is not None:
         return "arcade"
+    if _is_yolo(folder):
+        return "yolo"
     files = _images_in(folder)
     if files and all(p.suffix.lower() == ".pgm" for p in files):
         return "dca1"
     return "pairs"
 
 
-def scan_folder(folder: str | Path, data_format: str = "auto") -> Scan:
+def scan_folder(folder: str | Path, data_format: str = "auto", mask_classes=None) -> Scan:
+    """Every pair and every problem of a folder; `mask_classes` chooses the label classes of the yolo layout
+    (None: all but stenosis) and is ignored by the others."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder")
@@ -171,19 +210,21 @@ def scan_folder(folder: str | Path, data_format: str = "auto") -> Scan:
         _scan_subfolders(scan)
     elif scan.format == "arcade":
         _scan_arcade(scan)
+    elif scan.format == "yolo":
+        _scan_yolo(scan, mask_classes)
     else:
         _scan_side_by_side(scan, (".pgm",) if scan.format == "dca1" else None)
     return scan
 
 
-def checked_scan(folder: str | Path, data_format: str = "auto") -> Scan:
+def checked_scan(folder: str | Path, data_format: str = "auto", mask_classes=None) -> Scan:
     """The scan of a folder; the first problem found is an error."""
-    scan = scan_folder(folder, data_format)
+    scan = scan_folder(folder, data_format, mask_classes)
     if scan.problems:
         raise InputError(scan.problems[0])
     if not scan.pairs:
         raise InputError(f"{scan.folder}: no image/mask pairs found (expected N.png + N_gt.png, images/ + masks/, "
-                         "DCA1 N.pgm + N_gt.pgm, or ARCADE images/ + COCO JSON)")
+                         "DCA1 N.pgm + N_gt.pgm, ARCADE images/ + COCO JSON, or YOLO images/ + labels/)")
     return scan
 
 
@@ -194,6 +235,8 @@ def find_pairs(folder: str | Path, data_format: str = "auto") -> list[Pair]:
 def announce(scan: Scan) -> None:
     """Say which layout was read, once the folder is known to be good (an error stays one line)."""
     log.info("%s: %s layout, %d pairs", scan.folder, scan.format, len(scan.pairs))
+    for note in scan.notes:
+        log.info("%s", note)
 
 
 def _is_input(path: Path) -> bool:

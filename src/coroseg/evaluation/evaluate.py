@@ -43,8 +43,9 @@ def _summary_markdown(means: dict[str, float], images: int, worst: list[dict]) -
             + f"\n## The {len(worst)} worst images by Dice\n\n" + markdown_rows(rows, ["image", "dice", "overlay"]))
 
 
-def run_evaluation(options: InferenceOptions, data: str, data_format: str = "auto") -> EvaluationOutcome:
-    scan = checked_scan(data, data_format)                    # bad input: error before the run or the output
+def run_evaluation(options: InferenceOptions, data: str, data_format: str = "auto",
+                   mask_classes: str | None = None) -> EvaluationOutcome:
+    scan = checked_scan(data, data_format, mask_classes)                   # bad input: error before the run or the output
     pairs = scan.pairs
     digest = hashlib.sha256()
     for pair in pairs:            # decoded once up front: corrupt files, non-binary masks, sizes
