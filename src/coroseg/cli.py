@@ -116,6 +116,10 @@ def synth(out: str, count: int, size: int, seed: int) -> None:
     click.echo(f"wrote {len(paths)} frames with masks to {out}")
 
 
+MODEL_HELP = ("runs:/<run_id>/pytorch_model, models:/<name>/<version>, models:/<name>@champion, or a local MLflow "
+              "model folder.")
+
+
 def _tracking_options(func):
     func = click.option("--experiment", default=None, help=_default("MLflow experiment name.", "experiment"))(func)
     func = click.option("--tracking-uri", default=None,
@@ -226,7 +230,7 @@ def _inference_options(func):
 
 
 @main.command()
-@click.option("--model", "model_uri", required=True, help="runs:/<run_id>/pytorch_model, models:/<name>/<version>, or a local MLflow model folder.")
+@click.option("--model", "model_uri", required=True, help=MODEL_HELP)
 @click.option("--input", "input_path", required=True, type=click.Path(), help="An image file or a folder of images (*_gt masks beside them are not inputs).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for masks, overlays and per-file JSON.")
 @_inference_options
@@ -246,7 +250,7 @@ def predict(model_uri, input_path, output, batch_size, resolution, device, tta, 
 
 
 @main.command()
-@click.option("--model", "model_uri", required=True, help="runs:/<run_id>/pytorch_model, models:/<name>/<version>, or a local MLflow model folder.")
+@click.option("--model", "model_uri", required=True, help=MODEL_HELP)
 @click.option("--data", required=True, type=click.Path(), help="Folder of N.png + N_gt.png (or images/ + masks/, DCA1, ARCADE).")
 @click.option("--data-format", default="auto", show_default=True, type=click.Choice(FORMATS), help=_FORMAT_HELP)
 @click.option("--mask-classes", default=None, metavar="IDS|NAMES", help=_MASK_CLASSES_HELP)
@@ -309,7 +313,7 @@ def ui(port: int, backend_store_uri: str | None) -> None:
 
 
 @main.command()
-@click.option("--model", "model_uri", required=True, help="runs:/<run_id>/pytorch_model, models:/<name>/<version>, or a local MLflow model folder.")
+@click.option("--model", "model_uri", required=True, help=MODEL_HELP)
 @click.option("--format", "fmt", required=True, type=click.Choice(list(EXPORT_FORMATS)), help="onnx (onnxruntime, TensorRT...) or torchscript (torch.jit.load, LibTorch in C++).")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="File to write; the model spec goes beside it as OUTPUT.spec.json.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file and its spec.")

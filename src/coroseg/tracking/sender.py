@@ -178,8 +178,13 @@ def send_dataset(client: Any, run_id: str, entry: dict[str, Any]) -> None:
 
     dataset = Dataset(entry["dataset_name"], entry["dataset_digest"], "local", entry["source"],
                       profile=json.dumps(entry["profile"]))
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
-                                                                             entry["context"])])])
+    inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", entry["context"])])]
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except Exception:  # noqa: BLE001 - a server's error or a store's own (SQLAlchemy's IntegrityError)
+        # Runs started together log the same dataset: MLflow's "create unless it exists" races, and the loser
+        # gets a unique-constraint error. The dataset exists now; a second try links it (or fails for real).
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def send_run_state(client: Any, run_id: str, entry: dict[str, Any]) -> None:
