@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,9 +102,10 @@ def _synthesize(count: int, size: int, seed: int) -> tuple[list[np.ndarray], lis
     return images, masks, names
 
 
-def _digest(images: list[np.ndarray], masks: list[np.ndarray]) -> str:
+def frames_digest(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> str:
+    """sha256 of every (frame, mask) as read, in order: what a run trained or was scored on."""
     h = hashlib.sha256()
-    for image, mask in zip(images, masks):
+    for image, mask in pairs:
         h.update(np.ascontiguousarray(image).tobytes())
         h.update(np.packbits(mask).tobytes())
     return h.hexdigest()
@@ -163,7 +165,7 @@ def load_training_data(config: TrainConfig) -> list[TrainingData]:
     if len(names) < 2:
         raise InputError(f"{config.data}: need at least 2 image/mask pairs to train and validate, found {len(names)}")
     frames = _prepared_frames(images, masks, names, config)
-    digest = _digest(images, masks)
+    digest = frames_digest(zip(images, masks))
     return [TrainingData(frames.subset(t), frames.subset(v), source, digest, _as_uint8(images[v[0]]))
             for t, v in splits(config, len(frames))]
 

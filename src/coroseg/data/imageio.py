@@ -54,6 +54,12 @@ def _opened(path: Path) -> Iterator[Image.Image]:
         raise InputError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from exc
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header only, checked against the pixel limit; no pixel is decoded."""
+    with _opened(path) as img:
+        return img.size
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 

@@ -36,22 +36,9 @@ class YoloMask:
         return str(self.source)
 
     def read(self) -> np.ndarray:
+        from coroseg.data.imageio import image_size
+
         return fill_polygons(self.polygons, *image_size(self.image))
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header only, checked against coroseg's pixel limit."""
-    from PIL import Image, UnidentifiedImageError
-
-    from coroseg.data.imageio import check_pixel_count
-
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from exc
-    check_pixel_count(path, width, height)
-    return width, height
 
 
 def fill_polygons(polygons, width: int, height: int) -> np.ndarray:

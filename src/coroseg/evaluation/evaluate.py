@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from coroseg.config import TrainConfig
+from coroseg.data.dataset import frames_digest
 from coroseg.data.pairs import announce, checked_scan, read_pair
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
 from coroseg.inference.predict import InferenceOptions, InferenceSession, check_output, load_options_model
@@ -47,11 +47,9 @@ def run_evaluation(options: InferenceOptions, data: str, data_format: str = "aut
                    mask_classes: str | None = None) -> EvaluationOutcome:
     scan = checked_scan(data, data_format, mask_classes)                   # bad input: error before the run or the output
     pairs = scan.pairs
-    digest = hashlib.sha256()
-    for pair in pairs:            # decoded once up front: corrupt files, non-binary masks, sizes
-        for array in read_pair(pair):
-            digest.update(array.tobytes())
-    dataset = DatasetRef(Path(scan.folder).name or "data", digest.hexdigest()[:16])
+    # Every pair decoded once up front (corrupt files, non-binary masks, sizes), and the data's digest.
+    digest = frames_digest(read_pair(pair) for pair in pairs)
+    dataset = DatasetRef(Path(scan.folder).name or "data", digest[:16])
     model = load_options_model(options)
     announce(scan)
     if options.output:

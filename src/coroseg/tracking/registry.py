@@ -33,13 +33,12 @@ def register(client: Any, run_id: str, entry: dict[str, Any]) -> str:
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+    from coroseg.tracking.sender import already_exists
 
     try:
         client.create_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+    except Exception as exc:
+        if not already_exists(exc):
             raise
 
 

@@ -35,22 +35,27 @@ def is_rejection(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code in REJECTED_CODES
 
 
+def already_exists(exc: BaseException) -> bool:
+    """MLflow's answer to creating what another process created first (an experiment, a registered model)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    return isinstance(exc, MlflowException) and exc.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
+
+
 def resolve_experiment_id(client: Any, name: str) -> str:
     """The id of experiment `name`, created if missing.
 
     Not `mlflow.set_experiment`: when another process creates the experiment between its lookup and its
     create, it returns without activating it, and the run lands in "Default".
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     try:
         return client.create_experiment(name)
-    except MlflowException as exc:
-        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+    except Exception as exc:
+        if not already_exists(exc):
             raise
         return client.get_experiment_by_name(name).experiment_id   # another process created it just now
 
@@ -122,6 +127,8 @@ def send_values(client: Any, run_id: str, entries: list[dict[str, Any]]) -> None
         client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
 
 
+# Each sender of one entry returns what the user is to be told of it, or None.
+
 def send_artifact(client: Any, run_id: str, record_dir: Path, entry: dict[str, Any]) -> None:
     client.log_artifact(run_id, str(record_dir / entry["path"]), entry["artifact_dir"])
 
@@ -171,7 +178,7 @@ def send_image(client: Any, run_id: str, record_dir: Path, entry: dict[str, Any]
                          synchronous=True)
 
 
-def send_dataset(client: Any, run_id: str, entry: dict[str, Any]) -> None:
+def send_dataset(client: Any, run_id: str, record_dir: Path, entry: dict[str, Any]) -> None:
     import json
 
     from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -187,11 +194,21 @@ def send_dataset(client: Any, run_id: str, entry: dict[str, Any]) -> None:
         client.log_inputs(run_id, datasets=inputs)
 
 
-def send_run_state(client: Any, run_id: str, entry: dict[str, Any]) -> None:
+def send_register(client: Any, run_id: str, record_dir: Path, entry: dict[str, Any]) -> str:
+    from coroseg.tracking.registry import register
+
+    return register(client, run_id, entry)
+
+
+def send_run_state(client: Any, run_id: str, record_dir: Path, entry: dict[str, Any]) -> None:
     if entry["kind"] == "finish":
         client.set_terminated(run_id, status=entry["status"], end_time=ms(entry["time"]))
     else:   # resume: the run carries on
         client.update_run(run_id, status="RUNNING")
+
+
+ONE_BY_ONE = {"artifact": send_artifact, "model": send_model, "image": send_image, "dataset": send_dataset,
+              "register": send_register, "finish": send_run_state, "resume": send_run_state}
 
 
 def tell(text: str) -> None:
@@ -221,23 +238,17 @@ def send_entries(client: Any, run_id: str, record_dir: Path, entries: list[dict[
             values.append(entry)
             continue
         flush()
-        if entry["kind"] == "artifact":
-            _attempt(lambda: send_artifact(client, run_id, record_dir, entry), [entry["seq"]], mark)
-        elif entry["kind"] == "model":
-            _attempt(lambda: send_model(client, run_id, record_dir, entry), [entry["seq"]], mark)
-        elif entry["kind"] == "image":
-            _attempt(lambda: send_image(client, run_id, record_dir, entry), [entry["seq"]], mark)
-        elif entry["kind"] == "dataset":
-            _attempt(lambda: send_dataset(client, run_id, entry), [entry["seq"]], mark)
-        elif entry["kind"] == "register":
-            from coroseg.tracking.registry import register
-
-            _attempt(lambda: (say or tell)(register(client, run_id, entry)), [entry["seq"]], mark)
-        elif entry["kind"] in ("finish", "resume"):
-            _attempt(lambda: send_run_state(client, run_id, entry), [entry["seq"]], mark)
-        else:         # start: the run exists by now
+        send = ONE_BY_ONE.get(entry["kind"])
+        if send is None:   # start: the run exists by now
             mark([entry["seq"]], None)
+            continue
+        _attempt(lambda: _told(send(client, run_id, record_dir, entry), say or tell), [entry["seq"]], mark)
     flush()
+
+
+def _told(text: str | None, say: Callable[[str], None]) -> None:
+    if text:
+        say(text)
 
 
 def _attempt(call: Callable[[], None], seqs: list[int], mark: Callable[[list[int], str | None], None]) -> None:

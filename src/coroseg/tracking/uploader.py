@@ -25,7 +25,7 @@ log = logging.getLogger("coroseg")
 
 DRAIN_ENV = "COROSEG_UPLOAD_DRAIN_SECONDS"
 DEFAULT_DRAIN_S = 60.0
-START_WAIT_S = 10.0          # how long `start` waits for the new run's id before the work goes on without it
+START_WAIT_S = 10.0          # how long asking a tracker for its run id waits for the run to be created
 _BACKOFF_S = (1, 2, 5, 10, 30)
 _DRAIN_ATTEMPTS = 2          # failed tries in a row, once draining, before the rest is left to `coroseg sync`
 
@@ -196,7 +196,7 @@ class Uploader:
             self._client = MlflowClient(self.tracking_uri)
         parent = None
         if head["kind"] == "resume":
-            send_run_state(self._client, head["run_id"], head)
+            send_run_state(self._client, head["run_id"], self.journal.record_dir, head)
             run_id = head["run_id"]
         else:
             parent = self.parent_run_id() if self.parent_run_id else None
