@@ -1,8 +1,35 @@
 #!/usr/bin/env bash
-# GPU check on a device machine that has torch but not MONAI/kornia: install carried wheels
-# (.whl/, see bench/README.md), then run bench/gpu_check.py against the carried real frames.
-set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1
+# The device check, one call on a GPU machine (see bench/README.md): the MONAI reference loop, then coroseg's
+# own train and predict (tracking on, real frames), then the quality sweep for the time left. Results in $OUT.
+# Carried: .whl (wheels the device image lacks) and .gpudata (the two shared sets and the reference script).
+set -uo pipefail
+start=$(date +%s)
+budget=${BUDGET:-540}                          # seconds this script may take in all
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true PATH=/tmp/site/bin:$PATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 bench/gpu_check.py --real-data .gpudata/cimat40_train "$@"
+echo "== reference (install done at +$(( $(date +%s) - start )) s)"
+B=16 H=512 NETS=unet MODES=${MODES:-bf16,bf16_cl_compile} OUT=$OUT \
+  timeout 200 python3 .gpudata/monai_reference_unet.py 2>&1 | grep -v Warning | tail -8
+echo "== coroseg train + predict (at +$(( $(date +%s) - start )) s)"
+timeout 240 python3 bench/gpu_speed.py --data .gpudata/arcade_syntax_val200 --work /tmp/speed \
+  --reference "$OUT/anchor_unet.json" --epochs "${SPEED_EPOCHS:-12}" 2>"$OUT/speed.err" | tee "$OUT/speed.md"
+tail -5 "$OUT/speed.err"
+# The sweep: every CIMAT lever first (short jobs), then ARCADE's default against native 512 px, each given its
+# share of the time left; --max-seconds stops new jobs early enough for the running ones to finish.
+sweep() {   # $1: share of the time left (percent), then the sweep's own arguments
+  local share=$1; shift
+  local left=$(( budget - ($(date +%s) - start) ))
+  local give=$(( left * share / 100 ))
+  echo "== quality sweep $* (${give} of ${left} s left)"
+  (( give > 60 )) || return 0
+  timeout $(( give - 5 )) python3 bench/quality_sweep.py --compile no --workers "${WORKERS:-12}" \
+    --max-seconds $(( give * 55 / 100 )) "$@" 2>>"$OUT/sweep.err" | tail -40
+}
+sweep 45 --data .gpudata/cimat40_train --out /tmp/sweep_cimat
+sweep 100 --data .gpudata/arcade_syntax_val200 --levers default native width32 --out /tmp/sweep_arcade
+tail -3 "$OUT/sweep.err"
+for d in cimat arcade; do cp /tmp/sweep_$d/results.json "$OUT/sweep_$d.json" 2>/dev/null; done
+echo "== done at +$(( $(date +%s) - start )) s"

@@ -24,7 +24,6 @@ from coroseg.evaluation.metrics import image_metrics, mean_metrics
 from coroseg.inference.model_loading import LoadedModel
 from coroseg.inference.predictor import Predictor
 from coroseg.model_spec import ModelSpec
-from coroseg.models import build_model
 from coroseg.training.trainer import best_model, train
 
 
@@ -93,7 +92,7 @@ def main() -> None:
     t0 = time.perf_counter()
     data = load_training_data(config)[0]
     synth_seconds = time.perf_counter() - t0
-    model = build_model(config.model_family)
+    model = ModelSpec.of_training(config).build()
     result = train(config, data, model, device, NoRecord())
     steady = result.history[1:] or result.history
     epoch_s = sum(h.epoch_duration_seconds for h in steady) / len(steady)

@@ -32,7 +32,6 @@ from coroseg.evaluation.metrics import image_metrics, mean_metrics
 from coroseg.inference.model_loading import LoadedModel
 from coroseg.inference.predictor import Predictor
 from coroseg.model_spec import ModelSpec
-from coroseg.models import build_model
 from coroseg.training.trainer import best_model, seed_everything, train
 
 
@@ -49,19 +48,20 @@ class Quiet:
         pass
 
 
-def fit(config: TrainConfig, data, device, init: dict | None):
+def fit(config: TrainConfig, data, device, init: dict | None, **train_options):
+    """The best epoch's model (a CPU copy) and the training result; `train_options` go to the loop."""
     seed_everything(config.seed)
-    model = build_model(config.model_family)
+    model = ModelSpec.of_training(config).build()
     if init is not None:
         model.load_state_dict(init)
-    result = train(config, data, model, device, Quiet())
+    result = train(config, data, model, device, Quiet(), **train_options)
     return best_model(model, result), result
 
 
-def pretrain(config: TrainConfig, device, count: int, epochs: int) -> dict:
+def pretrain(config: TrainConfig, device, count: int, epochs: int, **train_options) -> dict:
     synthetic = replace(config, data="synthetic", synthetic_count=count, epochs=epochs, folds=1,
                         batch_size=max(config.batch_size, 16))
-    model, result = fit(synthetic, load_training_data(synthetic)[0], device, None)
+    model, result = fit(synthetic, load_training_data(synthetic)[0], device, None, **train_options)
     print(f"  pretraining: {count} synthetic frames, {epochs} epochs, val Dice {result.best_val_dice:.4f}", flush=True)
     return copy.deepcopy(model.state_dict())
 

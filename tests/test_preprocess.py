@@ -138,7 +138,7 @@ def test_pixels_outside_the_field_of_view_add_no_loss_and_get_no_gradient():
     fov = torch.zeros(2, 1, 32, 32)
     fov[..., 8:24, 8:24] = 1
     masks = (torch.rand(2, 1, 32, 32) > 0.8).float() * fov
-    logits = _fov_logits(model, torch.zeros(2, 1, 32, 32), fov)
+    logits = _fov_logits(model.logits, torch.zeros(2, 1, 32, 32), fov)
     assert (logits[fov == 0] == OUTSIDE_FOV_LOGIT).all()
     loss = build_loss("dice_ce")(logits, masks)
     loss.backward()

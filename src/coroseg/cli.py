@@ -136,6 +136,8 @@ _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separate
 @click.option("--data-format", default=None, type=click.Choice(FORMATS), help=_default("Layout of the --data folder.", "data_format"))
 @click.option("--mask-classes", default=None, metavar="IDS|NAMES", help=_MASK_CLASSES_HELP)
 @click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
+@click.option("--width", default=None, type=click.IntRange(4, 128), help=_default("Channels of the network's first level; deeper levels scale with it.", "width"))
+@click.option("--compile", "compile", default=None, type=click.Choice(["auto", "yes", "no"]), help=_default("torch.compile and channels_last for training; auto: on CUDA.", "compile"))
 @click.option("--init", default=None, help="Start from the weights of this model URI (e.g. synthetic pretraining, then fine-tuning).")
 @click.option("--folds", default=None, type=click.IntRange(min=1), help=_default("K > 1: K-fold cross-validation, a parent run with one nested run per fold.", "folds"))
 @click.option("--field-of-view/--no-field-of-view", "field_of_view", default=None, help=_default("Detect each frame's circular field of view; outside it: no loss, no metric, always background.", "field_of_view"))

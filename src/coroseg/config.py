@@ -33,6 +33,7 @@ class TrainConfig:
     clahe: bool = False                 # contrast-limited histogram equalisation (data/preprocess.py)
     # model
     model_family: str = "unet"
+    width: int = 16                     # channels of the network's first level (models.DEFAULT_WIDTH)
     init: str | None = None             # model URI whose weights start the training (fine-tuning)
     # optimisation
     loss: str = "dice_ce"               # one of training.losses.LOSSES
@@ -44,6 +45,7 @@ class TrainConfig:
     patience: int = 25                  # epochs without a better val Dice before stopping
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda
+    compile: str = "auto"               # torch.compile + channels_last for training: auto (on CUDA) | yes | no
     # record
     val_samples: int = 4                # validation overlays saved per epoch
     output_dir: str = "coroseg_runs"    # local record of every run (kept even when tracking fails)
@@ -58,8 +60,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_CHOICES = {"device": ("auto", "cpu", "cuda"), "data_format": FORMATS, "loss": tuple(LOSSES)}
-_POSITIVE = ("synthetic_count", "synthetic_size", "image_size", "epochs", "batch_size", "patience")
+_CHOICES = {"device": ("auto", "cpu", "cuda"), "data_format": FORMATS, "loss": tuple(LOSSES),
+            "compile": ("auto", "yes", "no")}
+_POSITIVE = ("synthetic_count", "synthetic_size", "image_size", "epochs", "batch_size", "patience", "width")
 
 
 def _validate(config: TrainConfig) -> TrainConfig:
@@ -71,6 +74,8 @@ def _validate(config: TrainConfig) -> TrainConfig:
             raise InputError(f"config: {name} must be at least 1, got {getattr(config, name)}")
     if not 0.0 < config.val_fraction < 1.0:
         raise InputError(f"config: val_fraction must be between 0 and 1, got {config.val_fraction}")
+    if config.width % 4 or config.width > 128:
+        raise InputError(f"config: width must be a multiple of 4 up to 128, got {config.width}")
     if config.image_size < 32:
         raise InputError(f"config: image_size must be at least 32, got {config.image_size}")
     return config

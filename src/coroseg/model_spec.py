@@ -41,7 +41,7 @@ class ModelSpec:
         from coroseg.data.dataset import preprocessing_of
         from coroseg.models import architecture_of, family
 
-        return cls(config.model_family, architecture_of(config.model_family), config.image_size,
+        return cls(config.model_family, architecture_of(config.model_family, width=config.width), config.image_size,
                    family(config.model_family).divisor, preprocessing_of(config), postprocessing or Postprocessing(),
                    members)
 

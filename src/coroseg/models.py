@@ -62,7 +62,8 @@ def _segresnet(**kwargs: Any) -> nn.Module:
 
 # Every network takes one grey channel of a 2-D frame and gives one channel of logits.
 IO_KWARGS = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1}
-FEATURES = [16, 32, 64, 128, 256]
+DEFAULT_WIDTH = 16                 # channels of the first level; each family's widths below scale with it
+FEATURES = [DEFAULT_WIDTH * m for m in (1, 2, 4, 8, 16)]
 
 
 @dataclass(frozen=True)
@@ -70,17 +71,18 @@ class Family:
     network: Callable[..., nn.Module]
     architecture: dict[str, Any]   # the constructor's keyword arguments, recorded with every model (JSON-able)
     divisor: int                   # input sides must be multiples of this (total down-sampling factor)
+    width_key: str                 # the constructor argument holding the channel counts, scaled by `width`
 
 
 FAMILIES: dict[str, Family] = {
     # Instance norm with learnable affine: MONAI's default (no affine) trains several times slower here,
     # as the output cannot shift the background logits far from zero (measured on synthetic frames).
     "unet": Family(_unet, {**IO_KWARGS, "channels": FEATURES, "strides": [2, 2, 2, 2], "num_res_units": 2,
-                           "norm": ["instance", {"affine": True}]}, 16),
-    "attention_unet": Family(_attention_unet, {**IO_KWARGS, "channels": FEATURES, "strides": [2, 2, 2, 2]}, 16),
-    "basic_unet": Family(_basic_unet, {**IO_KWARGS, "features": [*FEATURES, 16]}, 16),
-    "unetpp": Family(_unetpp, {**IO_KWARGS, "features": [*FEATURES, 16]}, 16),
-    "segresnet": Family(_segresnet, {**IO_KWARGS, "init_filters": 16}, 8),
+                           "norm": ["instance", {"affine": True}]}, 16, "channels"),
+    "attention_unet": Family(_attention_unet, {**IO_KWARGS, "channels": FEATURES, "strides": [2, 2, 2, 2]}, 16, "channels"),
+    "basic_unet": Family(_basic_unet, {**IO_KWARGS, "features": [*FEATURES, DEFAULT_WIDTH]}, 16, "features"),
+    "unetpp": Family(_unetpp, {**IO_KWARGS, "features": [*FEATURES, DEFAULT_WIDTH]}, 16, "features"),
+    "segresnet": Family(_segresnet, {**IO_KWARGS, "init_filters": DEFAULT_WIDTH}, 8, "init_filters"),
 }
 DEFAULT_FAMILY = "unet"
 
@@ -91,11 +93,16 @@ def family(name: str) -> Family:
     return FAMILIES[name]
 
 
-def architecture_of(name: str, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The constructor's kwargs of a family: today's, overridden by those a model recorded when it was logged
-    (so it is rebuilt as it was trained, whatever the defaults are now). A model's own are checked by
-    `ModelSpec.from_metadata` before they get here."""
-    return {**copy.deepcopy(family(name).architecture), **copy.deepcopy(recorded or {})}
+def architecture_of(name: str, recorded: dict[str, Any] | None = None, width: int = DEFAULT_WIDTH) -> dict[str, Any]:
+    """The constructor's kwargs of a family at a first-level `width`: today's, overridden by those a model
+    recorded when it was logged (so it is rebuilt as it was trained, whatever the defaults are now). A model's
+    own are checked by `ModelSpec.from_metadata` before they get here."""
+    chosen = family(name)
+    base = copy.deepcopy(chosen.architecture)
+    channels = base[chosen.width_key]
+    base[chosen.width_key] = ([c * width // DEFAULT_WIDTH for c in channels] if isinstance(channels, list)
+                              else channels * width // DEFAULT_WIDTH)
+    return {**base, **copy.deepcopy(recorded or {})}
 
 
 def build_network(name: str, architecture: dict[str, Any] | None = None) -> nn.Module:

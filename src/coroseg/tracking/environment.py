@@ -48,7 +48,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
         "monai_version": package_version("monai"),
-        "mlflow_version": package_version("mlflow"),
+        "mlflow_version": package_version("mlflow") or package_version("mlflow-skinny"),
         "coroseg_version": coroseg.__version__,
         "device": str(device),
         "device_name": device_name(device),

@@ -40,9 +40,13 @@ def model_signature():
 def pip_requirements() -> list[str]:
     """Given explicitly: MLflow's own inference of them costs seconds and guesses. The serving environment
     also needs coroseg itself (serving.py is the model's loader): `pip install` this repository there."""
-    from importlib import metadata
+    import mlflow
+    import monai
+    import numpy
+    import torch
 
-    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in ("torch", "mlflow", "numpy", "monai")]
+    # Module versions, not distribution metadata: an install of `mlflow-skinny` has no `mlflow` distribution.
+    return [f"{module.__name__}=={module.__version__.split('+')[0]}" for module in (torch, mlflow, numpy, monai)]
 
 
 def save_model_folder(folder: Path, weights: Path, metadata: dict[str, Any], input_example: Any) -> None:

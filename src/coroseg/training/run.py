@@ -14,7 +14,7 @@ import torch
 from coroseg.config import TrainConfig, to_yaml
 from coroseg.data.dataset import TrainingData, load_training_data
 from coroseg.model_spec import ModelSpec
-from coroseg.models import Ensemble, build_model, family
+from coroseg.models import Ensemble, family
 from coroseg.tracking import layout
 from coroseg.tracking.base import Tracker, make_tracker, run_status
 from coroseg.tracking.environment import environment, resolve_device
@@ -89,7 +89,7 @@ def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, 
     the rest of a run that was stopped."""
     started = time.perf_counter()
     seed_everything(config.seed)                      # the initial weights too depend on the seed
-    model = build_model(config.model_family)
+    model = ModelSpec.of_training(config).build()
     if init is not None:
         model.load_state_dict(init)
     session = TrainingRecord(RunRecord(record_dir, tracker), config, data, env, model, resumed=resume is not None)

@@ -14,6 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -117,7 +118,9 @@ def _autocast(device: torch.device):
 def _optimizer_and_schedule(config: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
     from monai.optimizers import WarmupCosineSchedule
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    fused = next(model.parameters()).is_cuda           # one kernel for the whole update on a GPU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=fused or None)
     total = max(1, config.epochs * steps_per_epoch)
     schedule = WarmupCosineSchedule(optimizer, warmup_steps=config.warmup_epochs * steps_per_epoch, t_total=total,
                                     end_lr=config.learning_rate * 0.01, warmup_multiplier=0.1)
@@ -128,39 +131,65 @@ def _optimizer_and_schedule(config: TrainConfig, model: torch.nn.Module, steps_p
 # adds nothing to any loss, and masked_fill passes it no gradient.
 OUTSIDE_FOV_LOGIT = -20.0
 
+Logits = Callable[[torch.Tensor], torch.Tensor]
 
-def _fov_logits(model: SegmentationModel, images: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
+
+def compiled(config: TrainConfig, device: torch.device) -> bool:
+    """torch.compile with channels_last: on a GPU it fuses the norm and activation passes that bound the step
+    (bench/gpu.sh); on a CPU its minute of compilation costs more than it saves on a short training."""
+    return config.compile == "yes" or (config.compile == "auto" and device.type == "cuda")
+
+
+def _training_logits(model: SegmentationModel, config: TrainConfig, device: torch.device) -> Logits:
+    """The network's logits for training steps: compiled (for one batch shape) or as they are."""
+    if not compiled(config, device):
+        return model.logits
+    model.to(memory_format=torch.channels_last)
+    step = torch.compile(model.logits, dynamic=False)
+    return lambda images: step(images.contiguous(memory_format=torch.channels_last))
+
+
+def _fov_logits(logits_of: Logits, images: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
     with _autocast(images.device):
-        logits = model.logits(images)
+        logits = logits_of(images)
     return logits.float().masked_fill(fov < 0.5, OUTSIDE_FOV_LOGIT)
 
 
-def _train_epoch(model, frames: Frames, config, optimizer, schedule, augment, loss_fn, device, epoch,
-                 stop: StopCheck | None = None) -> float:
-    model.train()
+def _batches(count: int, config: TrainConfig, epoch: int, whole_only: bool) -> list[torch.Tensor]:
+    """The epoch's shuffled batches; with `whole_only` (a compiled step has one batch shape) the remainder is
+    left out, a different one each epoch."""
     generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-    order = torch.randperm(len(frames), generator=generator)
-    batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    total = 0.0
+    order = torch.randperm(count, generator=generator)
+    size = config.batch_size
+    end = count - count % size if whole_only and count >= size else count
+    return [order[i : i + size] for i in range(0, end, size)]
+
+
+def _train_epoch(logits_of: Logits, model, frames: Frames, config, optimizer, schedule, augment, loss_fn, device,
+                 epoch, stop: StopCheck | None = None) -> tuple[float, int]:
+    """The mean training loss and the number of frames trained on. The loss stays on the device until the
+    epoch ends: a per-step `.item()` would make the host wait for every step."""
+    model.train()
+    batches = _batches(len(frames), config, epoch, whole_only=logits_of is not model.logits)
+    total, seen = torch.zeros((), device=device), 0
     progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
                     file=sys.stderr, disable=not sys.stderr.isatty())
     for idx in progress:
-        images = frames.images[idx].to(device, non_blocking=True)
-        masks = frames.masks[idx].to(device, non_blocking=True)
-        fov = frames.fov[idx].to(device, non_blocking=True)
+        idx = idx.to(frames.images.device)
+        images, masks, fov = frames.images[idx], frames.masks[idx], frames.fov[idx]
         if augment is not None:
             images, masks, fov = augment(images, masks, fov)
-        loss = loss_fn(_fov_logits(model, images, fov), masks)
+        loss = loss_fn(_fov_logits(logits_of, images, fov), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        total += loss.item() * len(idx)
-        progress.set_postfix(loss=f"{loss.item():.4f}")
+        total += loss.detach() * len(idx)
+        seen += len(idx)
         if stop is not None and (signum := stop()) is not None:
             progress.close()
             raise TrainingInterrupted(signum)
-    return total / len(frames)
+    return float(total) / max(seen, 1), seen
 
 
 VESSEL_METRICS = ("cldice", "hd95", "assd", "component_error", "sensitivity", "specificity", "precision", "iou")
@@ -178,21 +207,66 @@ def vessel_metrics(probabilities: torch.Tensor, frames: Frames) -> dict[str, flo
 
 
 @torch.no_grad()
-def _validate(model, frames: Frames, config, loss_fn, device) -> tuple[float, float, torch.Tensor]:
+def _validate(model, frames: Frames, config, loss_fn) -> tuple[float, float, torch.Tensor]:
+    """Validation loss, Dice and probabilities (on the CPU), with one wait for the device at the end."""
     from monai.metrics import DiceMetric
 
     model.eval()
     dice = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
     total, probabilities = 0.0, []
     for start in range(0, len(frames), config.batch_size):
-        images = frames.images[start : start + config.batch_size].to(device)
-        masks = frames.masks[start : start + config.batch_size].to(device)
-        logits = _fov_logits(model, images, frames.fov[start : start + config.batch_size].to(device))
-        total += loss_fn(logits, masks).item() * len(images)
+        part = slice(start, start + config.batch_size)
+        masks = frames.masks[part]
+        logits = _fov_logits(model.logits, frames.images[part], frames.fov[part])
+        total = total + loss_fn(logits, masks) * len(masks)
         probs = torch.sigmoid(logits)
         dice(y_pred=(probs > 0.5).float(), y=masks)
-        probabilities.append(probs.cpu())
-    return total / len(frames), float(dice.aggregate().item()), torch.cat(probabilities)
+        probabilities.append(probs)
+    return float(total) / len(frames), float(dice.aggregate().item()), torch.cat(probabilities).cpu()
+
+
+class _EpochEnds:
+    """Hands each finished epoch, with its vessel metrics, to the events, in order.
+
+    The metrics are CPU work (skeletons, surface distances) that costs more than a whole GPU epoch, so on a
+    GPU they are computed on a thread while the next epoch trains, and the epoch is handed over once they are
+    known (one epoch late); on a CPU, which has no core to spare, at once. A stop by signal hands the pending
+    epoch over first; a process killed outright (SIGKILL) on a GPU loses the last epoch's record entries, though
+    its saved state is complete and `--resume` goes on from it."""
+
+    def __init__(self, events: TrainingEvents, val: Frames, config: TrainConfig, background: bool,
+                 enabled: bool) -> None:
+        self.events, self.val, self.config, self.enabled = events, val, config, enabled
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vessel-metrics") if background and enabled else None
+        self.pending: tuple[EpochResult, torch.Tensor, list[EpochResult], Future | None] | None = None
+
+    def add(self, result: EpochResult, probabilities: torch.Tensor, history: list[EpochResult]) -> None:
+        self.flush()
+        metrics = None
+        if self.pool is not None:
+            metrics = self.pool.submit(vessel_metrics, probabilities, self.val)
+        self.pending = (result, probabilities, list(history), metrics)
+        if self.pool is None:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        result, probabilities, history, metrics = self.pending
+        self.pending = None
+        if self.enabled:
+            values = metrics.result() if metrics is not None else vessel_metrics(probabilities, self.val)
+            for name, value in values.items():
+                setattr(result, name, value)
+        log.info(
+            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  val_cldice %.4f  val_hd95 %.1f  lr %.2e  %.1fs%s",
+            result.epoch, self.config.epochs, result.train_loss, result.val_loss, result.val_dice, result.val_cldice,
+            result.val_hd95, result.learning_rate, result.epoch_duration_seconds, "  (best)" if result.is_best else "")
+        self.events.on_epoch_end(result, _preview(self.val, probabilities, self.config.val_samples), history)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _preview(frames: Frames, probabilities: torch.Tensor, count: int) -> Preview:
@@ -230,55 +304,66 @@ def _restore(state: TrainingState, model, optimizer, schedule, result: TrainResu
     return state.since_best
 
 
+def _on_device(frames: Frames, device: torch.device) -> Frames:
+    """The frames resident on the training device for the whole training: no copy per batch."""
+    return Frames(frames.images.to(device), frames.masks.to(device), frames.fov.to(device), frames.names)
+
+
 def train(
     config: TrainConfig, data: TrainingData, model: SegmentationModel, device: torch.device, events: TrainingEvents,
-    resume: TrainingState | None = None, stop: StopCheck | None = None,
+    resume: TrainingState | None = None, stop: StopCheck | None = None, epoch_vessel_metrics: bool = True,
 ) -> TrainResult:
     """Train from scratch, or carry on after `resume`'s epoch exactly as if never stopped; `stop` is asked
-    after every batch (TrainingInterrupted when it answers a signal)."""
+    after every batch (TrainingInterrupted when it answers a signal). `epoch_vessel_metrics=False` leaves out the
+    per-epoch clDice, HD95... (benchmarks that score the model otherwise)."""
     seed_everything(config.seed)
     model.to(device)
-    steps = math.ceil(len(data.train) / config.batch_size)
+    logits_of = _training_logits(model, config, device)
+    steps = len(_batches(len(data.train), config, 1, whole_only=logits_of is not model.logits))
     optimizer, schedule = _optimizer_and_schedule(config, model, steps)
     augment = BatchAugmentation().to(device) if config.augment else None
     loss_fn = build_loss(config.loss)
+    train_frames, val_frames = _on_device(data.train, device), _on_device(data.val, device)
+    ends = _EpochEnds(events, data.val, config, background=device.type == "cuda",
+                      enabled=epoch_vessel_metrics)
     result, since_best, started = TrainResult(), 0, time.perf_counter()
     if resume is not None:
         since_best = _restore(resume, model, optimizer, schedule, result)
     previous_seconds = result.training_duration_seconds     # of the run's earlier processes, when resumed
-    for epoch in range(len(result.history) + 1, config.epochs + 1):
-        if result.stopped_early:
-            break
-        t0 = time.perf_counter()
-        train_loss = _train_epoch(model, data.train, config, optimizer, schedule, augment, loss_fn, device, epoch,
-                                  stop)
-        t_train = time.perf_counter() - t0
-        val_loss, val_dice, probabilities = _validate(model, data.val, config, loss_fn, device)
-        vessel = vessel_metrics(probabilities, data.val)
-        epoch_result = EpochResult(epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"],
-                                   time.perf_counter() - t0, len(data.train) / t_train, **vessel)
-        epoch_result.is_best = val_dice > result.best_val_dice
-        result.history.append(epoch_result)
-        log.info(
-            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  val_cldice %.4f  val_hd95 %.1f  lr %.2e  %.1fs%s",
-            epoch, config.epochs, train_loss, val_loss, val_dice, epoch_result.val_cldice, epoch_result.val_hd95,
-            epoch_result.learning_rate,
-            epoch_result.epoch_duration_seconds, "  (best)" if epoch_result.is_best else "",
-        )
-        if epoch_result.is_best:
-            result.best_epoch, result.best_val_dice, since_best = epoch, val_dice, 0
-            result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            result.best_val_probabilities = probabilities
-            events.on_best(epoch_result, model, optimizer)
-        else:
-            since_best += 1
-        events.on_epoch_end(epoch_result, _preview(data.val, probabilities, config.val_samples), result.history)
-        result.stopped_early = since_best >= config.patience and epoch < config.epochs
-        result.training_duration_seconds = previous_seconds + time.perf_counter() - started
-        events.on_checkpoint(_checkpoint(epoch, since_best, model, optimizer, schedule, result))
-        if result.stopped_early:
-            log.info("early stop: no better val_dice for %d epochs (best %.4f at epoch %d)",
-                     since_best, result.best_val_dice, result.best_epoch)
+    try:
+        for epoch in range(len(result.history) + 1, config.epochs + 1):
+            if result.stopped_early:
+                break
+            t0 = time.perf_counter()
+            train_loss, seen = _train_epoch(logits_of, model, train_frames, config, optimizer, schedule, augment,
+                                            loss_fn, device, epoch, stop)
+            t_train = time.perf_counter() - t0
+            val_loss, val_dice, probabilities = _validate(model, val_frames, config, loss_fn)
+            epoch_result = EpochResult(epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"],
+                                       time.perf_counter() - t0, seen / t_train)
+            epoch_result.is_best = val_dice > result.best_val_dice
+            result.history.append(epoch_result)
+            ends.flush()                    # the previous epoch first: its metrics were computed meanwhile
+            if epoch_result.is_best:
+                result.best_epoch, result.best_val_dice, since_best = epoch, val_dice, 0
+                result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                result.best_val_probabilities = probabilities
+                events.on_best(epoch_result, model, optimizer)
+            else:
+                since_best += 1
+            ends.add(epoch_result, probabilities, result.history)
+            result.stopped_early = since_best >= config.patience and epoch < config.epochs
+            result.training_duration_seconds = previous_seconds + time.perf_counter() - started
+            events.on_checkpoint(_checkpoint(epoch, since_best, model, optimizer, schedule, result))
+            if result.stopped_early:
+                log.info("early stop: no better val_dice for %d epochs (best %.4f at epoch %d)",
+                         since_best, result.best_val_dice, result.best_epoch)
+        ends.flush()
+    except TrainingInterrupted:
+        ends.flush()                        # the last finished epoch is recorded before the stop goes on
+        raise
+    finally:
+        ends.close()
     result.training_duration_seconds = previous_seconds + time.perf_counter() - started
     if result.best_val_probabilities is not None:
         choice = result.postprocessing = choose_postprocessing(result.best_val_probabilities, data.val.masks)

@@ -1,0 +1,264 @@
+"""Quality sweep (not a test): K-fold cross-validation of many training-recipe levers on real angiograms at once.
+Prints one table of out-of-fold Dice, clDice, HD95 (mean +- sd over folds), with and without flip TTA, per
+(data set, lever), and the training+scoring seconds per fold.
+
+A lever is the default recipe (TrainConfig's defaults) with a few overrides (LEVERS below). Every (data set,
+lever, fold) is one job; the jobs run in parallel worker processes sharing the one device (small networks leave
+most of a GPU idle), each fold trained by the loop directly and scored on its validation frames at their
+original size as `coroseg predict` does (bench/quality_cv.py's fit and score_fold). Jobs start fold-major
+(every lever's fold 1, then fold 2, ...; "default" first), so a --max-seconds limit still leaves comparable
+partial results. Synthetic pretraining (quality_cv.py's pretrain) runs once per distinct recipe, as a job of its
+own, before the folds that start from it. results.json (in --out) is rewritten after every job.
+
+    CPU smoke: PYTHONPATH=src .venv/bin/python bench/quality_sweep.py --device cpu --workers 2 --folds 2 \\
+                 --epochs-scale 0.02 --image-size-cap 64 --levers default cldice pretrain \\
+                 --pretrain-count 8 --pretrain-epochs 1 --out /tmp/sweep_smoke
+    GPU:       PYTHONPATH=/tmp/site:src python3 bench/quality_sweep.py --max-seconds 240 --out /tmp/sweep \\
+                 [--data DIR ...] [--compile no]   (8 workers; MONAI and kornia from the wheels of bench/gpu.sh)
+
+--max-seconds stops the starting of jobs, not the running ones: a long lever (combo) started late still finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quality_cv import fit, pretrain, score_fold  # noqa: E402 - the bench's own training and scoring
+
+from coroseg.config import TrainConfig  # noqa: E402
+from coroseg.data.dataset import load_training_data  # noqa: E402
+from coroseg.data.imageio import read_gray  # noqa: E402
+from coroseg.data.pairs import find_pairs  # noqa: E402
+from coroseg.errors import first_line  # noqa: E402
+from coroseg.evaluation.metrics import mean_metrics  # noqa: E402
+from coroseg.models import family  # noqa: E402
+
+# The data set's frame side rounded up to the network's divisor: 304 for CIMAT (300 px frames), 512 for
+# ARCADE (512 px). A lever that changes nothing on a data set (e.g. "native" on 256 px frames) is left out there.
+NATIVE = "native"
+LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": True starts every fold from synthetic weights
+    "default": {},
+    "width32": {"width": 32},
+    "epochs160": {"epochs": 160, "patience": 50},
+    "native": {"image_size": NATIVE},
+    "cldice": {"loss": "dice_cldice"},
+    "pretrain": {"pretrain": True},
+    "lr1e-3": {"learning_rate": 1e-3},
+    "combo": {"width": 32, "epochs": 160, "patience": 50, "image_size": NATIVE},
+}
+DATA_FIELDS = ("data", "data_format", "mask_classes", "synthetic_count", "synthetic_size", "val_fraction", "folds",
+               "image_size", "field_of_view", "clahe", "seed")   # what load_training_data depends on
+METRICS = ("dice", "cldice", "hd95")
+_cache: dict = {}                  # per worker: folds per data config, pairs per folder, pretrained weights
+
+
+def _cached(key, make):
+    if key not in _cache:
+        _cache[key] = make()
+    return _cache[key]
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _train_options() -> dict:
+    import inspect
+
+    from coroseg.training.trainer import train
+    return {"epoch_vessel_metrics": False} if "epoch_vessel_metrics" in inspect.signature(train).parameters else {}
+
+
+def pretrain_job(config: TrainConfig, count: int, epochs: int, path: str) -> dict:
+    t0 = time.perf_counter()
+    torch.save(pretrain(config, torch.device(config.device), count, epochs, **_train_options()), path)
+    return {"path": path, "seconds": time.perf_counter() - t0}
+
+
+def fold_job(config: TrainConfig, fold: int, init_path: str | None) -> dict:
+    device = torch.device(config.device)
+    data = _cached(tuple(getattr(config, f) for f in DATA_FIELDS), lambda: load_training_data(config))[fold]
+    pairs = _cached(config.data, lambda: {p.image.name: p for p in find_pairs(config.data)})
+    init = None if init_path is None else _cached(init_path, lambda: torch.load(init_path, map_location="cpu"))
+    t0 = time.perf_counter()
+    model, result = fit(config, data, device, init, **_train_options())
+    scores = {tta: mean_metrics(score_fold(model, config, result, device, pairs, data.val.names, tta == "yes"))
+              for tta in ("no", "yes")}
+    return {"scores": {tta: {m: s[m] for m in METRICS} for tta, s in scores.items()},
+            "seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+
+
+def native_side(folder: Path) -> int:
+    divisor = family(TrainConfig().model_family).divisor
+    side = max(read_gray(find_pairs(folder)[0].image).shape)
+    return -(-side // divisor) * divisor
+
+
+def plan(args) -> tuple[list[dict], list[dict], list[str]]:
+    """The pretraining jobs, the fold jobs in start order, and notes on levers left out."""
+    known = {f.name for f in fields(TrainConfig)}
+    extra = {} if args.compile is None else {"compile": args.compile}
+    weights_dir = args.out or Path(tempfile.mkdtemp(prefix="sweep_"))
+    pretrains: dict[str, dict] = {}
+    folds, notes = [], []
+    for folder in args.data:
+        native = native_side(folder)
+        base = TrainConfig(data=str(folder), folds=args.folds, device=args.device, tracking=False, **extra)
+
+        def sized(config: TrainConfig) -> TrainConfig:
+            return replace(config, epochs=max(1, round(config.epochs * args.epochs_scale)),
+                           image_size=min(config.image_size, args.image_size_cap or config.image_size))
+        for lever in args.levers:
+            overrides = {k: native if v == NATIVE else v for k, v in LEVERS[lever].items()}
+            wants_pretrain = overrides.pop("pretrain", False)
+            if unknown := sorted(set(overrides) - known):
+                notes.append(f"{folder.name} {lever}: left out, TrainConfig has no {', '.join(unknown)}")
+                continue
+            config = sized(replace(base, **overrides))
+            if lever != "default" and not wants_pretrain and config == sized(base):
+                notes.append(f"{folder.name} {lever}: left out, the same as the default here")
+                continue
+            init = None
+            if wants_pretrain:
+                key = json.dumps(asdict(replace(config, data="synthetic", folds=1, epochs=1)), sort_keys=True)
+                if key not in pretrains:
+                    pretrains[key] = {"config": config, "lever": lever, "dataset": folder.name,
+                                      "path": str(weights_dir / f"pretrained_{len(pretrains)}.pt")}
+                init = pretrains[key]["path"]
+            text = ", ".join(f"{k}={v}" for k, v in LEVERS[lever].items()).replace(NATIVE, str(native))
+            for fold in range(args.folds):
+                folds.append({"dataset": folder.name, "lever": lever, "overrides": text or "-", "fold": fold,
+                              "config": config, "init": init})
+    rank = {lever: i for i, lever in enumerate(args.levers)}
+    folds.sort(key=lambda j: (j["fold"], j["lever"] != "default", rank[j["lever"]]))
+    return list(pretrains.values()), folds, notes
+
+
+def fmt(values: list[float], digits: int) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "-"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def table(header: str, jobs: list[dict], records: list[dict], folds: int) -> str:
+    lines = [header, "", "| data | lever | overrides | TTA | folds | Dice | clDice | HD95 (px) | s/fold |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = list(dict.fromkeys((j["dataset"], j["lever"], j["overrides"]) for j in jobs))
+    datasets = list(dict.fromkeys(row[0] for row in rows))
+    for dataset, lever, overrides in sorted(rows, key=lambda row: datasets.index(row[0])):
+        mine = [r for r in records if (r["dataset"], r["lever"]) == (dataset, lever)]
+        done, failed = [r for r in mine if "scores" in r], len([r for r in mine if "error" in r])
+        for tta in ("no", "yes"):
+            cells = [fmt([r["scores"][tta][m] for r in done], 4 if m != "hd95" else 1) for m in METRICS]
+            cells.append(f"{statistics.mean(r['seconds'] for r in done):.0f}" if done else "-")
+            count = f"{len(done)}/{folds}" + (f" ({failed} failed)" if failed else "")
+            lines.append(f"| {dataset} | {lever} | {overrides} | {tta} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, nargs="+",
+                        default=[Path("../shared/data/cimat40_train"), Path("../shared/data/arcade_syntax_val200")])
+    parser.add_argument("--levers", nargs="+", choices=list(LEVERS), default=list(LEVERS))
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, help="parallel trainings (default: 8 on CUDA, 1 on a CPU)")
+    parser.add_argument("--max-seconds", type=float, default=float("inf"), help="start no job after this")
+    parser.add_argument("--out", type=Path, help="folder for results.json (after every job) and table.md")
+    parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every lever's epochs (min 1)")
+    parser.add_argument("--image-size-cap", type=int, help="cap every lever's image size (smoke runs)")
+    parser.add_argument("--compile", choices=("auto", "yes", "no"), help="override the recipe's torch.compile")
+    parser.add_argument("--pretrain-count", type=int, default=400, help="synthetic frames for pretraining")
+    parser.add_argument("--pretrain-epochs", type=int, default=30)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")          # the workers' prints too
+    workers = args.workers or (8 if args.device.startswith("cuda") else 1)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu"
+    header = (f"{args.folds}-fold cross-validation; device: {name}; torch {torch.__version__}; {workers} workers x "
+              f"{threads} threads; epochs x {args.epochs_scale}, image size cap {args.image_size_cap}")
+    print(header, flush=True)
+    pretrains, jobs, notes = plan(args)
+    for note in notes:
+        print(f"  {note}", flush=True)
+    records: list[dict] = []
+    made: dict[str, bool] = {}                        # pretrained weights file -> made (False: failed)
+    queue = [{**p, "fold": None, "init": None} for p in pretrains] + jobs
+
+    def finish(job: dict, outcome: dict | None, error: BaseException | None) -> None:
+        label = f"[{time.perf_counter() - started:5.0f}s] {job['dataset']} {job['lever']} " + (
+            "pretraining" if job["fold"] is None else f"fold {job['fold'] + 1}/{args.folds}")
+        error_text = error and f"FAILED {type(error).__name__}: {first_line(error)}"
+        if job["fold"] is None:
+            made[job["path"]] = error is None
+            print(f"{label}: " + (error_text or f"{outcome['seconds']:.0f} s"), flush=True)
+            return
+        record = {k: job[k] for k in ("dataset", "lever", "overrides", "fold")}
+        records.append(record | (outcome or {"error": error_text}))
+        if outcome:
+            no, yes = outcome["scores"]["no"], outcome["scores"]["yes"]
+            error_text = (f"Dice {no['dice']:.4f} clDice {no['cldice']:.4f} HD95 {no['hd95']:.1f} | TTA "
+                          f"{yes['dice']:.4f} {yes['cldice']:.4f} {yes['hd95']:.1f} | best epoch "
+                          f"{outcome['best_epoch']}/{outcome['epochs_run']}, {outcome['seconds']:.0f} s "
+                          f"({len(records)}/{len(jobs)})")
+        print(f"{label}: {error_text}", flush=True)
+        if args.out:                                  # the results so far, replaced at once
+            state = {"header": header, "notes": notes, "records": records, "planned": len(jobs)}
+            (args.out / "results.json.tmp").write_text(json.dumps(state, indent=1))
+            (args.out / "results.json.tmp").replace(args.out / "results.json")
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(threads,))
+
+    pool, running = new_pool(), {}
+    while queue or running:
+        for job in [j for j in queue if made.get(j["init"]) is False]:
+            queue.remove(job)
+            finish(job, None, RuntimeError("its pretraining failed"))
+        while len(running) < workers and time.perf_counter() - started < args.max_seconds:
+            job = next((j for j in queue if j["init"] is None or made.get(j["init"])), None)
+            if job is None:
+                break
+            queue.remove(job)
+            running[pool.submit(pretrain_job, job["config"], args.pretrain_count, args.pretrain_epochs, job["path"])
+                    if job["fold"] is None else pool.submit(fold_job, job["config"], job["fold"], job["init"])] = job
+        if not running:
+            break
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            finish(running.pop(future), None if future.exception() else future.result(), future.exception())
+        if any(isinstance(f.exception(), BrokenProcessPool) for f in done):   # a worker died (killed, out of memory)
+            pool.shutdown(wait=False, cancel_futures=True)
+            for job in running.values():
+                finish(job, None, RuntimeError("worker pool broken"))
+            pool, running = new_pool(), {}
+    pool.shutdown(wait=True, cancel_futures=True)
+    if queue:
+        print(f"time limit: {len(queue)} jobs not started", flush=True)
+    text = "\n".join([table(header, jobs, records, args.folds), *(f"- {note}" for note in notes)])
+    print("\n" + text, flush=True)
+    if args.out:
+        (args.out / "table.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
