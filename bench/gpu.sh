@@ -14,8 +14,8 @@ echo "== reference (install done at +$(( $(date +%s) - start )) s)"
 B=16 H=512 NETS=unet MODES=${MODES:-bf16,bf16_cl_compile} OUT=$OUT \
   timeout 200 python3 .gpudata/monai_reference_unet.py 2>&1 | grep -v Warning | tail -8
 echo "== coroseg train + predict (at +$(( $(date +%s) - start )) s)"
-timeout 240 python3 bench/gpu_speed.py --data .gpudata/arcade_syntax_val200 --work /tmp/speed \
-  --reference "$OUT/anchor_unet.json" --epochs "${SPEED_EPOCHS:-12}" 2>"$OUT/speed.err" | tee "$OUT/speed.md"
+timeout "${SPEED_TIMEOUT:-300}" python3 bench/gpu_speed.py --data .gpudata/arcade_syntax_val200 --work /tmp/speed \
+  --reference "$OUT/anchor_unet.json" --epochs "${SPEED_EPOCHS:-12}" --predict-count "${PREDICT_COUNT:-0}" 2>"$OUT/speed.err" | tee "$OUT/speed.md"
 tail -5 "$OUT/speed.err"
 # The sweep: every CIMAT lever first (short jobs), then ARCADE's default against native 512 px, each given its
 # share of the time left; --max-seconds stops new jobs early enough for the running ones to finish.
@@ -28,6 +28,7 @@ sweep() {   # $1: share of the time left (percent), then the sweep's own argumen
   timeout $(( give - 5 )) python3 bench/quality_sweep.py --compile no --workers "${WORKERS:-12}" \
     --max-seconds $(( give * 55 / 100 )) "$@" 2>>"$OUT/sweep.err" | tail -40
 }
+[[ "${SWEEP:-1}" == 1 ]] || budget=0
 sweep 45 --data .gpudata/cimat40_train --out /tmp/sweep_cimat
 sweep 100 --data .gpudata/arcade_syntax_val200 --levers default native width32 --out /tmp/sweep_arcade
 tail -3 "$OUT/sweep.err"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--compile", default="auto")
+    parser.add_argument("--predict-count", type=int, default=0, help="predict only the first N frames (0: all)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{args.work.resolve()}/mlflow.db"
@@ -74,7 +76,13 @@ def main() -> None:
                            str(args.epochs), "--patience", str(args.epochs), "--compile", args.compile,
                            "--output-dir", str(args.work / "runs"), "--experiment", "gpu-speed", *common], env)
     trained = run_id(out)
-    out, predict_wall = run(["predict", "--model", f"runs:/{trained}/pytorch_model", "--input", str(args.data / "images"),
+    images = args.data / "images"
+    if args.predict_count:
+        images = args.work / "predict_input"
+        images.mkdir(exist_ok=True)
+        for path in sorted((args.data / "images").iterdir())[: args.predict_count]:
+            shutil.copy(path, images / path.name)
+    out, predict_wall = run(["predict", "--model", f"runs:/{trained}/pytorch_model", "--input", str(images),
                              "--output", str(args.work / "predictions"), "--batch-size", str(args.batch_size),
                              *common], env)
     predicted = run_id(out)

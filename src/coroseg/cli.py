@@ -16,6 +16,7 @@ from coroseg.config import TrainConfig
 from coroseg.errors import InputError, first_line
 from coroseg.data.pairs import FORMATS
 from coroseg.export import FORMATS as EXPORT_FORMATS, export_model   # light: the model loads lazily
+from coroseg.inference.predictor import DEFAULT_TTA
 from coroseg.models import FAMILIES
 from coroseg.tracking.redact import RedactingFilter, redact_text
 from coroseg.training.losses import LOSSES
@@ -224,7 +225,7 @@ def check_data_command(folder: str, data_format: str, mask_classes: str | None) 
 
 
 def _inference_options(func):
-    func = click.option("--tta", is_flag=True, help="Test-time augmentation: average over the frame and its 3 mirror images (4x the time).")(func)
+    func = click.option("--tta/--no-tta", default=DEFAULT_TTA, show_default=True, help="Test-time augmentation: average over the frame and its 3 mirror images (4x the network time).")(func)
     func = click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))(func)
     func = click.option("--resolution", default=None, type=click.IntRange(min=16),
                         help="Side frames are resized to before inference.  [default: the model's training size]")(func)

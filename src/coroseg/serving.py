@@ -33,9 +33,9 @@ def _load_pyfunc(data_path: str) -> "Pipeline":
 
 class Pipeline:
     def __init__(self, model) -> None:
-        from coroseg.inference.predictor import Predictor
+        from coroseg.inference.predictor import DEFAULT_TTA, Predictor
 
-        self.predictor = Predictor(model)
+        self.predictor = Predictor(model, tta=DEFAULT_TTA)          # as `coroseg predict` does
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
         output = (params or {}).get("output", "mask")

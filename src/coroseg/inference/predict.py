@@ -25,7 +25,7 @@ from coroseg.data.imageio import encode_png, read_gray
 from coroseg.data.pairs import MaskSource, find_inputs, ground_truth_for, load_mask
 from coroseg.errors import InputError
 from coroseg.inference.model_loading import LoadedModel, load_model
-from coroseg.inference.predictor import Predictor
+from coroseg.inference.predictor import DEFAULT_TTA, Predictor
 from coroseg.tracking import layout
 from coroseg.tracking.base import make_tracker, run_status
 from coroseg.tracking.environment import environment, environment_params, resolve_device
@@ -47,7 +47,7 @@ class InferenceOptions:
     tracking_uri: str | None = None
     experiment: str = "coroseg"
     tracking: bool = True
-    tta: bool = False                  # flip test-time augmentation (Predictor.FLIPS)
+    tta: bool = DEFAULT_TTA            # flip test-time augmentation (predictor.FLIPS)
 
 
 @dataclass(frozen=True)

@@ -259,9 +259,10 @@ class _EpochEnds:
             for name, value in values.items():
                 setattr(result, name, value)
         log.info(
-            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  val_cldice %.4f  val_hd95 %.1f  lr %.2e  %.1fs%s",
-            result.epoch, self.config.epochs, result.train_loss, result.val_loss, result.val_dice, result.val_cldice,
-            result.val_hd95, result.learning_rate, result.epoch_duration_seconds, "  (best)" if result.is_best else "")
+            "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  val_cldice %.4f  val_hd95 %.1f  lr %.2e  "
+            "%.1fs (%.0f img/s)%s", result.epoch, self.config.epochs, result.train_loss, result.val_loss, result.val_dice,
+            result.val_cldice, result.val_hd95, result.learning_rate, result.epoch_duration_seconds,
+            result.train_images_per_second, "  (best)" if result.is_best else "")
         self.events.on_epoch_end(result, _preview(self.val, probabilities, self.config.val_samples), history)
 
     def close(self) -> None:
