@@ -25,7 +25,7 @@ sweep() {   # $1: share of the time left (percent), then the sweep's own argumen
   local give=$(( left * share / 100 ))
   echo "== quality sweep $* (${give} of ${left} s left)"
   (( give > 60 )) || return 0
-  timeout $(( give - 5 )) python3 bench/quality_sweep.py --compile no --workers "${WORKERS:-12}" \
+  timeout $(( give - 5 )) python3 bench/quality_sweep.py --compile no --workers "${WORKERS:-4}" \
     --max-seconds $(( give * 55 / 100 )) "$@" 2>>"$OUT/sweep.err" | tail -40
 }
 [[ "${SWEEP:-1}" == 1 ]] || budget=0

@@ -76,48 +76,61 @@ def main() -> None:
                            str(args.epochs), "--patience", str(args.epochs), "--compile", args.compile,
                            "--output-dir", str(args.work / "runs"), "--experiment", "gpu-speed", *common], env)
     trained = run_id(out)
-    images = args.data / "images"
-    if args.predict_count:
-        images = args.work / "predict_input"
-        images.mkdir(exist_ok=True)
-        for path in sorted((args.data / "images").iterdir())[: args.predict_count]:
-            shutil.copy(path, images / path.name)
-    out, predict_wall = run(["predict", "--model", f"runs:/{trained}/pytorch_model", "--input", str(images),
-                             "--output", str(args.work / "predictions"), "--batch-size", str(args.batch_size),
-                             *common], env)
-    predicted = run_id(out)
-
     import mlflow
+    import torch
 
     client = mlflow.MlflowClient(uri)
+    best = reference_best(args.reference) if args.reference is not None and args.reference.is_file() else None
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    print_rows(training_rows(client, trained, train_wall, best, args) + [("device", f"{name}, torch {torch.__version__}")])
+    out, predict_wall = run(["predict", "--model", f"runs:/{trained}/pytorch_model", "--input",
+                             str(predict_input(args)), "--output", str(args.work / "predictions"),
+                             "--batch-size", str(args.batch_size), *common], env)
+    predict_rate = client.get_run(run_id(out)).data.metrics["processing_rate_files_per_second"]
+    rows = [("coroseg predict files/s", f"{predict_rate:.1f} ({predict_wall:.1f} s process)")]
+    if best is not None:
+        rows += [(f"reference inference img/s ({best[0]['mode']}, bare model)", f"{best[0]['infer_img_s']:.0f}"),
+                 ("coroseg predict files/s / reference inference", f"{predict_rate / best[0]['infer_img_s']:.3f}")]
+    print_rows(rows)
+
+
+def training_rows(client, trained: str, train_wall: float, best, args) -> list[tuple[str, str]]:
+    """Printed before predict starts, so a run cut short still shows them."""
     rates = metric_history(client, trained, "train_images_per_second")
     run_data = client.get_run(trained).data
     frames = int(run_data.params["train_frames"])
     duration = run_data.metrics["training_duration_seconds"]
     steady = statistics.median(rates[1:] or rates)
-    predict_rate = client.get_run(predicted).data.metrics["processing_rate_files_per_second"]
-    import torch
-
-    name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
-    rows = [("device", f"{name}, torch {torch.__version__}"),
-            ("setup", f"unet width {args.width}, {args.image_size} px, batch {args.batch_size}, {args.epochs} "
+    rows = [("setup", f"unet width {args.width}, {args.image_size} px, batch {args.batch_size}, {args.epochs} "
                       f"epochs of {frames} frames, compile {args.compile}, tracking on (sqlite), run {trained}"),
             ("coroseg training img/s (median of epochs 2..N; first epoch)", f"{steady:.0f}; {rates[0]:.0f}"),
             ("coroseg end-to-end img/s (all epochs, incl. validation and record)",
              f"{frames * len(rates) / duration:.0f} ({duration:.1f} s training, {train_wall:.1f} s process)"),
-            ("coroseg predict files/s", f"{predict_rate:.1f} ({predict_wall:.1f} s process)")]
-    if args.reference is not None and args.reference.is_file():
-        best, data = reference_best(args.reference)
-        rows += [(f"reference best training mode ({best['mode']}) img/s", f"{best['train_img_s']:.0f}"),
-                 ("coroseg training / reference best", f"{steady / best['train_img_s']:.2f}"),
-                 (f"reference inference img/s ({best['mode']}, bare model)", f"{best['infer_img_s']:.0f}"),
-                 ("coroseg predict files/s / reference inference", f"{predict_rate / best['infer_img_s']:.3f}")]
+            ("per-epoch training img/s", " ".join(f"{r:.0f}" for r in rates))]
+    if best is not None:
+        top, data = best
+        rows += [(f"reference best training mode ({top['mode']}) img/s", f"{top['train_img_s']:.0f}"),
+                 ("coroseg training / reference best", f"{steady / top['train_img_s']:.2f}")]
         rows += [(f"reference {r['net']} {r['mode']} train / infer img/s",
                   f"{r['train_img_s']:.0f} / {r['infer_img_s']:.0f}") for r in data["rows"] if "train_img_s" in r]
-    rows.append(("per-epoch training img/s", " ".join(f"{r:.0f}" for r in rates)))
+    return rows
+
+
+def predict_input(args) -> Path:
+    """The frames to predict: all, or a copy of the first --predict-count."""
+    if not args.predict_count:
+        return args.data / "images"
+    folder = args.work / "predict_input"
+    folder.mkdir(exist_ok=True)
+    for path in sorted((args.data / "images").iterdir())[: args.predict_count]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
     print("\n| measure | value |\n| --- | --- |")
     for key, value in rows:
-        print(f"| {key} | {value} |")
+        print(f"| {key} | {value} |", flush=True)
 
 
 if __name__ == "__main__":

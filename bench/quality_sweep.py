@@ -14,7 +14,7 @@ own, before the folds that start from it. results.json (in --out) is rewritten a
                  --epochs-scale 0.02 --image-size-cap 64 --levers default cldice pretrain \\
                  --pretrain-count 8 --pretrain-epochs 1 --out /tmp/sweep_smoke
     GPU:       PYTHONPATH=/tmp/site:src python3 bench/quality_sweep.py --max-seconds 240 --out /tmp/sweep \\
-                 [--data DIR ...] [--compile no]   (8 workers; MONAI and kornia from the wheels of bench/gpu.sh)
+                 [--data DIR ...] [--compile no]   (4 workers; MONAI and kornia from the wheels of bench/gpu.sh)
 
 --max-seconds stops the starting of jobs, not the running ones: a long lever (combo) started late still finishes.
 """
@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("--levers", nargs="+", choices=list(LEVERS), default=list(LEVERS))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=int, help="parallel trainings (default: 8 on CUDA, 1 on a CPU)")
+    parser.add_argument("--workers", type=int, help="parallel trainings (default: 4 on CUDA, 1 on a CPU)")
     parser.add_argument("--max-seconds", type=float, default=float("inf"), help="start no job after this")
     parser.add_argument("--out", type=Path, help="folder for results.json (after every job) and table.md")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every lever's epochs (min 1)")
@@ -188,7 +188,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")          # the workers' prints too
-    workers = args.workers or (8 if args.device.startswith("cuda") else 1)
+    # 12 workers on one H200 made a CIMAT fold take ~75 s (the processes share the GPU without MPS; 4 untried).
+    workers = args.workers or (4 if args.device.startswith("cuda") else 1)
     threads = max(1, (os.cpu_count() or 1) // workers)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
