@@ -16,7 +16,6 @@ from coroseg.model_spec import ModelSpec
 from coroseg.training.checkpoint import weights_bytes
 from coroseg.training.trainer import best_model, seed_everything, train
 
-pytestmark = pytest.mark.integration       # inductor compiles C++ for the CPU: about a minute on 2 cores
 
 
 class Kept:
@@ -42,6 +41,28 @@ def _trained(config: TrainConfig):
     return model, train(config, data, model, torch.device("cpu"), events), events
 
 
+def test_eager_training_uses_every_frame_and_a_compiled_one_whole_batches_only(monkeypatch):
+    """11 training frames in batches of 4: eager training keeps the remainder of 3, a compiled step (one batch
+    shape) leaves it out."""
+    import coroseg.training.trainer as trainer
+
+    sizes: list[int] = []
+    monkeypatch.setattr(trainer, "_training_logits", lambda model, compile_step: model.logits)   # no compiling
+    config = TrainConfig(synthetic_count=14, image_size=32, epochs=1, batch_size=4, width=4, tracking=False,
+                         compile="no", augment=False)
+    data = load_training_data(config)[0]
+    assert len(data.train) == 11
+    model = ModelSpec.of_training(config).build()
+    original = model.logits
+    monkeypatch.setattr(model, "logits", lambda x: sizes.append(len(x)) or original(x))
+    train(config, data, model, torch.device("cpu"), Kept(), epoch_vessel_metrics=False)
+    assert sizes[:3] == [4, 4, 3]                                    # then validation's batches
+    sizes.clear()
+    train(replace(config, compile="yes"), data, model, torch.device("cpu"), Kept(), epoch_vessel_metrics=False)
+    assert sizes[:2] == [4, 4] and sum(sizes) == 8 + len(data.val)
+
+
+@pytest.mark.integration            # inductor compiles C++ for the CPU: about a minute on 2 cores
 def test_compiled_training_matches_eager_training():
     eager_config = TrainConfig(synthetic_count=15, image_size=64, epochs=2, batch_size=4, width=8, tracking=False,
                                compile="no")

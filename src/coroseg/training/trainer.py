@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import random
 import sys
 import time
@@ -140,9 +139,9 @@ def compiled(config: TrainConfig, device: torch.device) -> bool:
     return config.compile == "yes" or (config.compile == "auto" and device.type == "cuda")
 
 
-def _training_logits(model: SegmentationModel, config: TrainConfig, device: torch.device) -> Logits:
+def _training_logits(model: SegmentationModel, compile_step: bool) -> Logits:
     """The network's logits for training steps: compiled (for one batch shape) or as they are."""
-    if not compiled(config, device):
+    if not compile_step:
         return model.logits
     model.to(memory_format=torch.channels_last)
     step = torch.compile(model.logits, dynamic=False)
@@ -165,12 +164,12 @@ def _batches(count: int, config: TrainConfig, epoch: int, whole_only: bool) -> l
     return [order[i : i + size] for i in range(0, end, size)]
 
 
-def _train_epoch(logits_of: Logits, model, frames: Frames, config, optimizer, schedule, augment, loss_fn, device,
-                 epoch, stop: StopCheck | None = None) -> tuple[float, int]:
+def _train_epoch(logits_of: Logits, whole_only: bool, model, frames: Frames, config, optimizer, schedule, augment,
+                 loss_fn, device, epoch, stop: StopCheck | None = None) -> tuple[float, int]:
     """The mean training loss and the number of frames trained on. The loss stays on the device until the
     epoch ends: a per-step `.item()` would make the host wait for every step."""
     model.train()
-    batches = _batches(len(frames), config, epoch, whole_only=logits_of is not model.logits)
+    batches = _batches(len(frames), config, epoch, whole_only)
     total, seen = torch.zeros((), device=device), 0
     progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
                     file=sys.stderr, disable=not sys.stderr.isatty())
@@ -319,8 +318,9 @@ def train(
     per-epoch clDice, HD95... (benchmarks that score the model otherwise)."""
     seed_everything(config.seed)
     model.to(device)
-    logits_of = _training_logits(model, config, device)
-    steps = len(_batches(len(data.train), config, 1, whole_only=logits_of is not model.logits))
+    compile_step = compiled(config, device)
+    logits_of = _training_logits(model, compile_step)
+    steps = len(_batches(len(data.train), config, 1, whole_only=compile_step))
     optimizer, schedule = _optimizer_and_schedule(config, model, steps)
     augment = BatchAugmentation().to(device) if config.augment else None
     loss_fn = build_loss(config.loss)
@@ -336,8 +336,8 @@ def train(
             if result.stopped_early:
                 break
             t0 = time.perf_counter()
-            train_loss, seen = _train_epoch(logits_of, model, train_frames, config, optimizer, schedule, augment,
-                                            loss_fn, device, epoch, stop)
+            train_loss, seen = _train_epoch(logits_of, compile_step, model, train_frames, config, optimizer,
+                                            schedule, augment, loss_fn, device, epoch, stop)
             t_train = time.perf_counter() - t0
             val_loss, val_dice, probabilities = _validate(model, val_frames, config, loss_fn)
             epoch_result = EpochResult(epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"],
