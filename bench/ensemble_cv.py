@@ -15,17 +15,15 @@ driven directly (no MLflow), as in bench/quality_cv.py, whose training and scori
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality_cv import fit  # noqa: E402 - the bench's own training helper
+from quality_cv import fit, mean_sd  # noqa: E402 - the bench's own training and format
 
 from coroseg.config import TrainConfig  # noqa: E402
 from coroseg.data.dataset import TrainingData, _prepared_frames, _read_folder, fold_indices  # noqa: E402
@@ -56,10 +54,6 @@ def outer_fold(config: TrainConfig, frames, outer_train: np.ndarray, inner: int,
     choice = choose_postprocessing(torch.cat([r.best_val_probabilities for r, _ in results]),
                                    torch.cat([m for _, m in results]))
     return models, [r for r, _ in results], choice
-
-
-def mean_sd(values: list[float]) -> str:
-    return f"{statistics.mean(values):.4f} +- {statistics.stdev(values) if len(values) > 1 else 0.0:.4f}"
 
 
 def main() -> None:
@@ -97,8 +91,8 @@ def main() -> None:
           f"{args.inner} inner folds, {args.epochs} epochs, {args.image_size} px, {name}, {seconds:.0f} s")
     print("| model | Dice | clDice | HD95 (px) |\n| --- | --- | --- | --- |")
     for label, scored in scores.items():
-        print(f"| {label} | {mean_sd([s['dice'] for s in scored])} | {mean_sd([s['cldice'] for s in scored])} | "
-              f"{mean_sd([s['hd95'] for s in scored])} |")
+        print(f"| {label} | " + " | ".join(mean_sd([s[m] for s in scored], 4) for m in ("dice", "cldice", "hd95"))
+              + " |")
     gain = [e["dice"] - b["dice"] for e, b in zip(scores["ensemble"], scores["best fold"])]
     print(f"\nensemble - best fold, Dice per outer fold: {', '.join(f'{g:+.4f}' for g in gain)}")
 

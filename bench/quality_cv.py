@@ -93,9 +93,11 @@ def cross_validate(config: TrainConfig, device, init: dict | None) -> tuple[dict
     return folds, time.perf_counter() - t0
 
 
-def mean_sd(folds: list[dict], name: str) -> str:
-    values = [f[name] for f in folds]
-    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    """`mean ± sd` over folds (the value alone for one fold, "-" for none): the benches' one format."""
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "-"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main() -> None:
@@ -130,8 +132,9 @@ def main() -> None:
                   flush=True)
             folds, seconds = cross_validate(config, device, weights)
             for tta, scored in folds.items():
-                rows.append((epochs, label, "flips" if tta else "no", mean_sd(scored, "dice"),
-                             mean_sd(scored, "cldice"), mean_sd(scored, "hd95"), f"{seconds:.0f}"))
+                rows.append((epochs, label, "flips" if tta else "no",
+                             *(mean_sd([fold[m] for fold in scored]) for m in ("dice", "cldice", "hd95")),
+                             f"{seconds:.0f}"))
     print(f"\n{args.folds}-fold cross-validation on {args.data.name}, {name}, image size {args.image_size}, "
           f"batch {args.batch_size}, loss {args.loss}, CLAHE {'on' if args.clahe else 'off'}")
     print("| epochs | synthetic pretraining | test-time augmentation | Dice | clDice | HD95 (px) | wall s |\n"

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality_cv import fit, pretrain, score_fold  # noqa: E402 - the bench's own training and scoring
+from quality_cv import fit, mean_sd, pretrain, score_fold  # noqa: E402 - the bench's own training and scoring
 
 from coroseg.config import TrainConfig  # noqa: E402
 from coroseg.data.dataset import load_training_data  # noqa: E402
@@ -148,12 +148,6 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
     return list(pretrains.values()), folds, notes
 
 
-def fmt(values: list[float], digits: int) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}" if values else "-"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def table(header: str, jobs: list[dict], records: list[dict], folds: int) -> str:
     lines = [header, "", "| data | lever | overrides | TTA | folds | Dice | clDice | HD95 (px) | s/fold |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -163,7 +157,7 @@ def table(header: str, jobs: list[dict], records: list[dict], folds: int) -> str
         mine = [r for r in records if (r["dataset"], r["lever"]) == (dataset, lever)]
         done, failed = [r for r in mine if "scores" in r], len([r for r in mine if "error" in r])
         for tta in ("no", "yes"):
-            cells = [fmt([r["scores"][tta][m] for r in done], 4 if m != "hd95" else 1) for m in METRICS]
+            cells = [mean_sd([r["scores"][tta][m] for r in done], 4 if m != "hd95" else 1) for m in METRICS]
             cells.append(f"{statistics.mean(r['seconds'] for r in done):.0f}" if done else "-")
             count = f"{len(done)}/{folds}" + (f" ({failed} failed)" if failed else "")
             lines.append(f"| {dataset} | {lever} | {overrides} | {tta} | {count} | " + " | ".join(cells) + " |")
