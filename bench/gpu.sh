@@ -13,9 +13,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== reference (install done at +$(( $(date +%s) - start )) s)"
 B=16 H=512 NETS=unet MODES=${MODES:-bf16,bf16_cl_compile} OUT=$OUT \
   timeout 200 python3 .gpudata/monai_reference_unet.py 2>&1 | grep -v Warning | tail -8
+if [[ "${PROFILE:-1}" == 1 ]]; then
+  echo "== where the training step's time goes (at +$(( $(date +%s) - start )) s)"
+  timeout "${PROFILE_TIMEOUT:-200}" python3 bench/gpu_profile.py --data .gpudata/arcade_syntax_val200 \
+    ${PROFILE_VARIANTS:+--variants $PROFILE_VARIANTS} 2>"$OUT/profile.err" | tee "$OUT/profile.md"
+  tail -3 "$OUT/profile.err"
+fi
 echo "== coroseg train + predict (at +$(( $(date +%s) - start )) s)"
 timeout "${SPEED_TIMEOUT:-300}" python3 bench/gpu_speed.py --data .gpudata/arcade_syntax_val200 --work /tmp/speed \
-  --reference "$OUT/anchor_unet.json" --epochs "${SPEED_EPOCHS:-12}" --predict-count "${PREDICT_COUNT:-0}" 2>"$OUT/speed.err" | tee "$OUT/speed.md"
+  --reference "$OUT/anchor_unet.json" --epochs "${SPEED_EPOCHS:-12}" --predict-count "${PREDICT_COUNT:-0}" ${SPEED_PROFILE:+--profile} 2>"$OUT/speed.err" | tee "$OUT/speed.md"
 tail -5 "$OUT/speed.err"
 # The sweep: every CIMAT lever first (short jobs), then ARCADE's default against native 512 px, each given its
 # share of the time left; --max-seconds stops new jobs early enough for the running ones to finish.

@@ -29,10 +29,13 @@ import time
 from pathlib import Path
 
 
-def run(args: list[str], env: dict) -> tuple[str, float]:
-    """A coroseg command's stdout and wall seconds; its progress goes to our stderr."""
+def run(args: list[str], env: dict, profile: Path | None = None) -> tuple[str, float]:
+    """A coroseg command's stdout and wall seconds (under cProfile into `profile`); its progress goes to our
+    stderr."""
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "coroseg", *args], env=env, stdout=subprocess.PIPE, text=True)
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+    done = subprocess.run([sys.executable, *profiler, "-m", "coroseg", *args], env=env, stdout=subprocess.PIPE,
+                          text=True)
     if done.returncode != 0:
         sys.exit(f"coroseg {args[0]} failed with exit {done.returncode}:\n{done.stdout[-2000:]}")
     return done.stdout, time.perf_counter() - t0
@@ -66,6 +69,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--compile", default="auto")
     parser.add_argument("--predict-count", type=int, default=0, help="predict only the first N frames (0: all)")
+    parser.add_argument("--profile", action="store_true",
+                        help="train under cProfile and print the host's costliest calls (main thread)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{args.work.resolve()}/mlflow.db"
@@ -74,7 +79,8 @@ def main() -> None:
     out, train_wall = run(["train", "--data", str(args.data), "--image-size", str(args.image_size),
                            "--width", str(args.width), "--batch-size", str(args.batch_size), "--epochs",
                            str(args.epochs), "--patience", str(args.epochs), "--compile", args.compile,
-                           "--output-dir", str(args.work / "runs"), "--experiment", "gpu-speed", *common], env)
+                           "--output-dir", str(args.work / "runs"), "--experiment", "gpu-speed", *common], env,
+                          args.work / "train.prof" if args.profile else None)
     trained = run_id(out)
     import mlflow
     import torch
@@ -83,6 +89,13 @@ def main() -> None:
     best = reference_best(args.reference) if args.reference is not None and args.reference.is_file() else None
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     print_rows(training_rows(client, trained, train_wall, best, args) + [("device", f"{name}, torch {torch.__version__}")])
+    if args.profile:
+        import pstats
+
+        print("\nhost time of the training process (cProfile, main thread), costliest first:", flush=True)
+        stats = pstats.Stats(str(args.work / "train.prof"), stream=sys.stdout)
+        stats.sort_stats("cumulative").print_stats("coroseg/", 45)
+        stats.sort_stats("tottime").print_stats(20)
     out, predict_wall = run(["predict", "--model", f"runs:/{trained}/pytorch_model", "--input",
                              str(predict_input(args)), "--output", str(args.work / "predictions"),
                              "--batch-size", str(args.batch_size), *common], env)

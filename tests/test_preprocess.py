@@ -214,3 +214,49 @@ def test_flip_test_time_augmentation_averages_the_mirror_images():
     assert plain[:, 0].max() < 0.05 and plain[:, -1].min() > 0.95
     averaged = Predictor(model, tta=True).predict([frame])[0].probabilities
     assert np.allclose(averaged, 0.5, atol=1e-5)   # the ramp and its mirror image cancel out
+
+
+def _no_change(monkeypatch) -> None:
+    import coroseg.data.augment as augment
+
+    for name in ("FLIP_P", "AFFINE_P", "GAMMA_P", "CONTRAST_P", "BLUR_P", "NOISE_P"):
+        monkeypatch.setattr(augment, name, 0.0)
+
+
+def test_augmentation_with_every_change_off_is_the_identity(monkeypatch):
+    _no_change(monkeypatch)
+    images, masks = torch.rand(3, 1, 40, 48), (torch.rand(3, 1, 40, 48) > 0.7).float()
+    fov = torch.ones_like(masks)
+    out_images, out_masks, out_fov = BatchAugmentation()(images, masks, fov)
+    assert torch.allclose(out_images, images, atol=1e-5)
+    assert torch.equal(out_masks, masks) and torch.equal(out_fov, fov)
+
+
+def test_augmentation_flips_each_sample_on_its_own(monkeypatch):
+    import coroseg.data.augment as augment
+
+    _no_change(monkeypatch)
+    monkeypatch.setattr(augment, "FLIP_P", 0.5)
+    torch.manual_seed(3)
+    images = torch.rand(16, 1, 24, 24)
+    masks = (images > 0.5).float()
+    out_images, out_masks, _ = BatchAugmentation()(images, masks, torch.ones_like(masks))
+    kinds = set()
+    for i in range(16):
+        for dims in ((), (-1,), (-2,), (-2, -1)):
+            flipped = images[i].flip(dims) if dims else images[i]
+            if torch.allclose(out_images[i], flipped, atol=1e-5):
+                assert torch.equal(out_masks[i], (flipped > 0.5).float())
+                kinds.add(dims)
+                break
+        else:
+            raise AssertionError(f"sample {i} is not a flip of its frame")
+    assert len(kinds) >= 3                       # samples draw their own flips
+
+
+def test_augmentation_draws_on_the_batch_device_and_keeps_the_range():
+    torch.manual_seed(0)
+    images = torch.rand(8, 1, 32, 32)
+    out_images, out_masks, out_fov = BatchAugmentation()(images, (images > 0.8).float(), torch.ones_like(images))
+    assert out_images.min() >= 0 and out_images.max() <= 1 and not torch.allclose(out_images, images)
+    assert set(out_masks.unique().tolist()) <= {0.0, 1.0} and out_fov.shape == images.shape

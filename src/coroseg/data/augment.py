@@ -1,41 +1,94 @@
 """Batch augmentation: one stage applied to a whole batch on the training device.
 
-Per-sample CPU augmentation starves a GPU (DESIGN.md); kornia applies random geometry to frames and
-masks together, and intensity changes to frames only, on whatever device the batch is on.
+Per-sample CPU augmentation starves a GPU (DESIGN.md). Kornia, used before, draws its parameters on the host
+and picks the samples to change by boolean indexing: both make the host wait for the device several times a
+batch, so a GPU idled while the host prepared every step. Here every random draw is made on the batch's own
+device and a skipped change is an identity (angle 0, gamma 1, a delta kernel): no host sync, the same work
+for every batch, so the host queues steps ahead of the GPU. Geometry is one `grid_sample` for frames, masks
+and fields of view together; intensity changes touch frames only.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+# The recipe, as ranges and the probability that each change is made to a frame.
+FLIP_P = 0.5                  # horizontal, and separately vertical
+AFFINE_P = 0.7
+ROTATION_DEGREES = 20.0       # uniform in [-20, 20]
+TRANSLATE = 0.05              # of the side, uniform in [-5%, 5%] on each axis
+SCALE = (0.85, 1.2)           # zoom (>1 enlarges the content)
+GAMMA_P, GAMMA = 0.5, (0.7, 1.5)
+CONTRAST_P, CONTRAST = 0.5, (0.7, 1.3)
+BLUR_P, BLUR_SIGMA, BLUR_SIZE = 0.2, (0.1, 1.0), 5
+NOISE_P, NOISE_STD = 0.4, 0.03
 
-def build_augmentation() -> nn.Module:
-    import kornia.augmentation as K
 
-    return K.AugmentationSequential(
-        K.RandomHorizontalFlip(),
-        K.RandomVerticalFlip(),
-        K.RandomAffine(degrees=20.0, translate=(0.05, 0.05), scale=(0.85, 1.2), p=0.7),
-        K.RandomGamma(gamma=(0.7, 1.5), p=0.5),
-        K.RandomContrast(contrast=(0.7, 1.3), clip_output=True, p=0.5),
-        K.RandomGaussianBlur(kernel_size=(5, 5), sigma=(0.1, 1.0), p=0.2),
-        K.RandomGaussianNoise(std=0.03, p=0.4),
-        data_keys=["input", "mask"],
-    )
+def _uniform(n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, device=like.device, dtype=like.dtype)
+
+
+def _chosen(n: int, p: float, like: torch.Tensor) -> torch.Tensor:
+    """Per sample: True with probability p (a tensor on the device, never read by the host)."""
+    return torch.rand(n, device=like.device) < p
+
+
+def _sample(values: torch.Tensor, chosen: torch.Tensor, identity: float) -> torch.Tensor:
+    return torch.where(chosen, values, torch.full_like(values, identity))
+
+
+def _geometry(like: torch.Tensor) -> torch.Tensor:
+    """Per sample, the 2x3 matrix (normalised coordinates, output -> input) of flips then a random affine."""
+    n = like.shape[0]
+    apply = _chosen(n, AFFINE_P, like)
+    angle = _sample(_uniform(n, -ROTATION_DEGREES, ROTATION_DEGREES, like), apply, 0.0) * (math.pi / 180)
+    zoom = _sample(_uniform(n, *SCALE, like), apply, 1.0)
+    shift = _sample(_uniform(2 * n, -2 * TRANSLATE, 2 * TRANSLATE, like).view(n, 2), apply[:, None].expand(n, 2), 0.0)
+    flip_x = 1.0 - 2.0 * _chosen(n, FLIP_P, like).to(like.dtype)
+    flip_y = 1.0 - 2.0 * _chosen(n, FLIP_P, like).to(like.dtype)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    rows_x = torch.stack([cos * flip_x, -sin * flip_y, shift[:, 0]], dim=1)
+    rows_y = torch.stack([sin * flip_x, cos * flip_y, shift[:, 1]], dim=1)
+    return torch.stack([rows_x, rows_y], dim=1)
+
+
+def _blur(images: torch.Tensor) -> torch.Tensor:
+    """A separable Gaussian blur with its own sigma per sample (a delta kernel where it is not chosen)."""
+    n, c, h, w = images.shape
+    sigma = _uniform(n, *BLUR_SIGMA, images)
+    offsets = torch.arange(BLUR_SIZE, device=images.device, dtype=images.dtype) - BLUR_SIZE // 2
+    kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    delta = (offsets == 0).to(images.dtype).expand(n, BLUR_SIZE)
+    kernel = torch.where(_chosen(n, BLUR_P, images)[:, None], kernel, delta).repeat_interleave(c, dim=0)
+    pad = BLUR_SIZE // 2
+    x = F.pad(images.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    x = F.conv2d(x, kernel.view(n * c, 1, 1, BLUR_SIZE), groups=n * c)
+    x = F.conv2d(x, kernel.view(n * c, 1, BLUR_SIZE, 1), groups=n * c)
+    return x.view(n, c, h, w)
 
 
 class BatchAugmentation(nn.Module):
     """Frames, masks and fields of view in; augmented frames (clipped to [0,1]), binary masks and fields
-    of view out. The FOV moves with the geometry, and the zeros the affine pads in fall outside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pipeline = build_augmentation()
+    of view out. The FOV moves with the geometry, and the zeros padded in fall outside it."""
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, masks: torch.Tensor,
                 fov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, both = self.pipeline(images, torch.cat([masks, fov], dim=1))
-        both = (both > 0.5).to(images.dtype)
-        return images.clamp_(0.0, 1.0), both[:, :1], both[:, 1:]
+        n, c = images.shape[:2]
+        grid = F.affine_grid(_geometry(images), list(images.shape[:2]) + list(images.shape[2:]), align_corners=False)
+        moved = F.grid_sample(torch.cat([images, masks, fov], dim=1), grid, mode="bilinear",
+                              padding_mode="zeros", align_corners=False)
+        images, both = moved[:, :c], (moved[:, c:] > 0.5).to(images.dtype)
+        per_sample = (n, 1, 1, 1)
+        gamma = _sample(_uniform(n, *GAMMA, images), _chosen(n, GAMMA_P, images), 1.0)
+        contrast = _sample(_uniform(n, *CONTRAST, images), _chosen(n, CONTRAST_P, images), 1.0)
+        images = (images.clamp(0.0, 1.0).pow(gamma.view(per_sample)) * contrast.view(per_sample)).clamp(0.0, 1.0)
+        images = _blur(images)
+        noise = NOISE_STD * _chosen(n, NOISE_P, images).to(images.dtype).view(per_sample)
+        images = images + noise * torch.randn_like(images)
+        return images.clamp_(0.0, 1.0), both[:, : masks.shape[1]], both[:, masks.shape[1]:]

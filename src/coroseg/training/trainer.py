@@ -13,7 +13,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -26,6 +26,7 @@ from coroseg.data.augment import BatchAugmentation
 from coroseg.data.dataset import Frames, TrainingData
 from coroseg.errors import Stopped
 from coroseg.models import SegmentationModel
+from coroseg.training.epoch_metrics import EpochMetrics
 from coroseg.training.losses import build_loss
 from coroseg.training.postprocess import PostprocessingChoice, choose_postprocessing
 from coroseg.training.state import TrainingState, restore_rng, rng_state
@@ -140,11 +141,14 @@ def compiled(config: TrainConfig, device: torch.device) -> bool:
 
 
 def _training_logits(model: SegmentationModel, compile_step: bool) -> Logits:
-    """The network's logits for training steps: compiled (for one batch shape) or as they are."""
+    """The network's logits for training steps: compiled (for one batch shape) or as they are. On a GPU the
+    compiled step is also captured as CUDA graphs: one launch replays the step's hundreds of kernels, which
+    the host otherwise queues one by one slower than an H200 runs them (bench/gpu_profile.py)."""
     if not compile_step:
         return model.logits
     model.to(memory_format=torch.channels_last)
-    step = torch.compile(model.logits, dynamic=False)
+    cuda = next(model.parameters()).is_cuda
+    step = torch.compile(model.logits, dynamic=False, mode="reduce-overhead" if cuda else None)
     return lambda images: step(images.contiguous(memory_format=torch.channels_last))
 
 
@@ -170,11 +174,13 @@ def _train_epoch(logits_of: Logits, whole_only: bool, model, frames: Frames, con
     epoch ends: a per-step `.item()` would make the host wait for every step."""
     model.train()
     batches = _batches(len(frames), config, epoch, whole_only)
+    # One copy of the epoch's order to the device: a copy per batch from pageable memory would wait for the
+    # device each time, and the host could not queue the next step while the GPU runs this one.
+    batches = torch.cat(batches).to(frames.images.device).split([len(b) for b in batches]) if batches else []
     total, seen = torch.zeros((), device=device), 0
     progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
                     file=sys.stderr, disable=not sys.stderr.isatty())
     for idx in progress:
-        idx = idx.to(frames.images.device)
         images, masks, fov = frames.images[idx], frames.masks[idx], frames.fov[idx]
         if augment is not None:
             images, masks, fov = augment(images, masks, fov)
@@ -189,20 +195,6 @@ def _train_epoch(logits_of: Logits, whole_only: bool, model, frames: Frames, con
             progress.close()
             raise TrainingInterrupted(signum)
     return float(total) / max(seen, 1), seen
-
-
-VESSEL_METRICS = ("cldice", "hd95", "assd", "component_error", "sensitivity", "specificity", "precision", "iou")
-
-
-def vessel_metrics(probabilities: torch.Tensor, frames: Frames) -> dict[str, float]:
-    """`val_<name>` for each of VESSEL_METRICS: means over frames of the thresholded (0.5) predictions,
-    inside each frame's field of view."""
-    from coroseg.evaluation.metrics import image_metrics, mean_metrics
-
-    predictions = probabilities[:, 0].numpy() > 0.5
-    truths, fovs = frames.masks[:, 0].numpy() > 0.5, frames.fov[:, 0].numpy() > 0.5
-    means = mean_metrics([image_metrics(p, t, f) for p, t, f in zip(predictions, truths, fovs)])
-    return {f"val_{name}": means[name] for name in VESSEL_METRICS}
 
 
 @torch.no_grad()
@@ -225,27 +217,24 @@ def _validate(model, frames: Frames, config, loss_fn) -> tuple[float, float, tor
 
 
 class _EpochEnds:
-    """Hands each finished epoch, with its vessel metrics, to the events, in order.
+    """Hands each finished epoch, with its vessel metrics (epoch_metrics.py), to the events, in order.
 
-    The metrics are CPU work (skeletons, surface distances) that costs more than a whole GPU epoch, so on a
-    GPU they are computed on a thread while the next epoch trains, and the epoch is handed over once they are
-    known (one epoch late); on a CPU, which has no core to spare, at once. A stop by signal hands the pending
-    epoch over first; a process killed outright (SIGKILL) on a GPU loses the last epoch's record entries, though
-    its saved state is complete and `--resume` goes on from it."""
+    On a GPU the metrics of an epoch are computed while the next one trains, and the epoch is handed over once
+    they are known (one epoch late); on a CPU at once. A stop by signal hands the pending epoch over first; a
+    process killed outright (SIGKILL) on a GPU loses the last epoch's record entries, though its saved state is
+    complete and `--resume` goes on from it."""
 
     def __init__(self, events: TrainingEvents, val: Frames, config: TrainConfig, background: bool,
                  enabled: bool) -> None:
-        self.events, self.val, self.config, self.enabled = events, val, config, enabled
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vessel-metrics") if background and enabled else None
+        self.events, self.val, self.config = events, val, config
+        self.metrics = EpochMetrics(val.masks, val.fov, background) if enabled else None
         self.pending: tuple[EpochResult, torch.Tensor, list[EpochResult], Future | None] | None = None
 
     def add(self, result: EpochResult, probabilities: torch.Tensor, history: list[EpochResult]) -> None:
         self.flush()
-        metrics = None
-        if self.pool is not None:
-            metrics = self.pool.submit(vessel_metrics, probabilities, self.val)
+        metrics = self.metrics.submit(probabilities) if self.metrics is not None else None
         self.pending = (result, probabilities, list(history), metrics)
-        if self.pool is None:
+        if self.metrics is None or self.metrics.pool is None:
             self.flush()
 
     def flush(self) -> None:
@@ -253,10 +242,8 @@ class _EpochEnds:
             return
         result, probabilities, history, metrics = self.pending
         self.pending = None
-        if self.enabled:
-            values = metrics.result() if metrics is not None else vessel_metrics(probabilities, self.val)
-            for name, value in values.items():
-                setattr(result, name, value)
+        for name, value in (metrics.result() if metrics is not None else {}).items():
+            setattr(result, name, value)
         log.info(
             "epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  val_cldice %.4f  val_hd95 %.1f  lr %.2e  "
             "%.1fs (%.0f img/s)%s", result.epoch, self.config.epochs, result.train_loss, result.val_loss, result.val_dice,
@@ -265,8 +252,8 @@ class _EpochEnds:
         self.events.on_epoch_end(result, _preview(self.val, probabilities, self.config.val_samples), history)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def _preview(frames: Frames, probabilities: torch.Tensor, count: int) -> Preview:
@@ -317,6 +304,8 @@ def train(
     after every batch (TrainingInterrupted when it answers a signal). `epoch_vessel_metrics=False` leaves out the
     per-epoch clDice, HD95... (benchmarks that score the model otherwise)."""
     seed_everything(config.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # every batch has one shape: time cuDNN's algorithms once, keep the best
     model.to(device)
     compile_step = compiled(config, device)
     logits_of = _training_logits(model, compile_step)
