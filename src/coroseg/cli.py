@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 
 import click
@@ -121,8 +121,8 @@ MODEL_HELP = ("runs:/<run_id>/pytorch_model, models:/<name>/<version>, models:/<
               "model folder.")
 
 
-def _tracking_options(func):
-    func = click.option("--experiment", default=None, help=_default("MLflow experiment name.", "experiment"))(func)
+def _tracking_options(func, experiment_help: str = _default("MLflow experiment name.", "experiment")):
+    func = click.option("--experiment", default=None, help=experiment_help)(func)
     func = click.option("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).")(func)
     return func
@@ -169,18 +169,31 @@ def train(config_file, no_tracking, resume, **flags) -> None:
     SIGTERM or Ctrl-C stops at the next batch, closes the run as KILLED and prints the --resume command
     (exit code 128 + the signal number); a second Ctrl-C quits at once.
     """
-    from coroseg.training.trainer import TrainingInterrupted
-
-    try:
-        outcome = _train_or_resume(config_file, resume, {**flags, "tracking": False if no_tracking else None})
-    except TrainingInterrupted as stopped:
-        _print_stopped(stopped)
-        sys.exit(128 + stopped.signum)
+    outcome = _training(lambda: _train_or_resume(config_file, resume,
+                                                 {**flags, "tracking": False if no_tracking else None}))
+    if outcome.rank != 0:           # under torchrun rank 0 prints the run; the others trained beside it
+        return
     lines = [f"best_val_dice: {outcome.best_val_dice:.4f}", f"local_record: {outcome.record_dir}",
              f"model_uri: {outcome.model_uri}"]
     if outcome.cross_validation:   # model_uri is then the fold with the best validation Dice
         lines = [f"{k}: {v:.4f}" for k, v in outcome.cross_validation.items()] + lines
     _print_run(outcome.run_id, outcome.tracking_failed, lines)
+
+
+def _training(start):
+    """`start()`'s outcome; a stop by signal prints how to resume and exits 128 + the signal. Under torchrun
+    only rank 0 prints, and every rank leaves the process group."""
+    from coroseg.training.distributed import leave, world_of_launcher
+    from coroseg.training.trainer import TrainingInterrupted
+
+    try:
+        return start()
+    except TrainingInterrupted as stopped:
+        if world_of_launcher().main:
+            _print_stopped(stopped)
+        sys.exit(128 + stopped.signum)
+    finally:
+        leave()
 
 
 def _train_or_resume(config_file, resume: str | None, flags: dict):
@@ -331,3 +344,37 @@ def export(model_uri: str, fmt: str, output: str, overwrite: bool, tracking_uri:
     click.echo(f"export_seconds: {outcome.seconds:.1f}")
     click.echo(f"output: {outcome.output}")
     click.echo(f"spec: {outcome.spec}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--data", default=None, type=click.Path(file_okay=False),
+              help="A copy of the run's data folder elsewhere; its frames must give the recorded data digest.  "
+                   "[default: the folder the run read]")
+@click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="[default: the run's]  On another kind of device the result differs slightly.")
+@click.option("--output-dir", default=None, help=_default("Where the local record of the new run is kept.", "output_dir"))
+@partial(_tracking_options, experiment_help="MLflow experiment of the new run.  [default: the original run's]")
+@click.option("--run-name", default=None, help="MLflow name of the new run.  [default: ORIGINAL-reproduction]")
+@user_errors
+def reproduce(run_id: str, **overrides) -> None:
+    """Train run RUN_ID again from its own record in MLflow: its recorded configuration (seed included), data
+    source and data digest, into a new run tagged coroseg.reproduces=RUN_ID (in the store of --tracking-uri,
+    where RUN_ID is read).
+
+    Refused before any training when the data no longer give the recorded digest; a warning names the code and
+    library versions that differ from the recorded ones. `matches_original` says whether every epoch's
+    val_dice (of a cross-validation run: the fold summary) is exactly the original's; on a CPU with the
+    recorded versions it is.
+    """
+    from coroseg.training.reproduce import Overrides, reproduce as reproduce_run
+
+    reproduction = _training(lambda: reproduce_run(run_id, Overrides(**overrides)))
+    outcome = reproduction.outcome
+    if outcome.rank != 0:
+        return
+    lines = [f"{k}: {v:.4f}" for k, v in (outcome.cross_validation or {}).items()]
+    lines += [f"best_val_dice: {outcome.best_val_dice:.4f}", f"local_record: {outcome.record_dir}",
+              f"model_uri: {outcome.model_uri}", f"reproduces: {reproduction.original_run_id}",
+              f"matches_original: {reproduction.comparison}"]
+    _print_run(outcome.run_id, outcome.tracking_failed, lines)

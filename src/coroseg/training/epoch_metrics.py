@@ -10,6 +10,7 @@ no core to spare, they are computed at once.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import numpy as np
@@ -29,6 +30,10 @@ def metrics_of(predictions: np.ndarray, truths: np.ndarray, fovs: np.ndarray) ->
 
 
 def _hold(truths: np.ndarray, fovs: np.ndarray) -> None:
+    # A stop is the training's to make: Ctrl-C reaches the terminal's whole process group, and torchrun signals
+    # each worker's group, this process included; it ends when the training closes it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     global _held
     _held = truths, fovs
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from coroseg.tracking import layout
 from coroseg.tracking.base import Tracker, make_tracker, run_status
 from coroseg.tracking.environment import environment, resolve_device
 from coroseg.tracking.record import RunRecord, markdown_rows, markdown_table, new_record_dir, to_csv
+from coroseg.training import distributed
 from coroseg.training.checkpoint import weights_bytes
+from coroseg.training.distributed import SINGLE, World
 from coroseg.training.postprocess import choose_postprocessing
 from coroseg.training.resume import Resume, check_data
 from coroseg.training.signals import StopSignals
@@ -42,6 +45,7 @@ class TrainingOutcome:
     best: torch.nn.Module | None = None                # the best epoch's network (CPU): a fold's, for the ensemble
     val_probabilities: torch.Tensor | None = None      # its validation probabilities, (N,1,S,S)
     val_masks: torch.Tensor | None = None
+    rank: int = 0                                      # under torchrun: only rank 0's outcome is a run's
 
 
 def _default_run_name(config: TrainConfig) -> str:
@@ -82,24 +86,54 @@ def _differing(there: dict, here: dict) -> str:
                      for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k))
 
 
-def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, env: dict, tracker: Tracker,
-                 record_dir: Path, init: dict[str, torch.Tensor] | None = None,
-                 resume: Resume | None = None) -> TrainingOutcome:
-    """One training run (the whole job, or one cross-validation fold) with its complete record; with `resume`,
-    the rest of a run that was stopped."""
-    started = time.perf_counter()
+def _initial_model(config: TrainConfig, init: dict[str, torch.Tensor] | None):
     seed_everything(config.seed)                      # the initial weights too depend on the seed
     model = ModelSpec.of_training(config).build()
     if init is not None:
         model.load_state_dict(init)
-    session = TrainingRecord(RunRecord(record_dir, tracker), config, data, env, model, resumed=resume is not None)
+    return model
+
+
+class _NoRecord:
+    """The events of a rank other than 0 under torchrun: rank 0 records the run."""
+
+    def on_epoch_end(self, result, preview, history) -> None: ...
+
+    def on_best(self, result, model, optimizer) -> None: ...
+
+    def on_checkpoint(self, state) -> None: ...
+
+
+def _train_beside(config: TrainConfig, data: TrainingData, device: torch.device, world: World,
+                  init: dict[str, torch.Tensor] | None, resume: Resume | None) -> TrainingOutcome:
+    """A rank other than 0 under torchrun: the same training, its share of the frames, no record."""
+    started = time.perf_counter()
+    logging.getLogger("coroseg").setLevel(logging.WARNING)      # rank 0 prints the epochs
+    model = _initial_model(config, init)
+    with StopSignals() as stop:
+        result = train(config, data, model, device, _NoRecord(), resume.state if resume else None, stop, world=world)
+    return TrainingOutcome(None, Path(), "", result.best_val_dice, False, result.history,
+                           time.perf_counter() - started, rank=world.rank)
+
+
+def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, env: dict, tracker: Tracker,
+                 record_dir: Path, init: dict[str, torch.Tensor] | None = None,
+                 resume: Resume | None = None, world: World = SINGLE,
+                 tags: dict[str, str] | None = None) -> TrainingOutcome:
+    """One training run (the whole job, or one cross-validation fold) with its complete record; with `resume`,
+    the rest of a run that was stopped. Under torchrun, rank 0's part (the others: `_train_beside`)."""
+    started = time.perf_counter()
+    model = _initial_model(config, init)
+    session = TrainingRecord(RunRecord(record_dir, tracker), config, data, env, model, resumed=resume is not None,
+                             world_size=world.size, tags=tags)
     try:
         with run_status(session.close):
             session.begin(resume.run_id if resume else None)
             log.info("training %s on %s: %d train / %d val frames of %s px; local record %s",
                      config.model_family, device, len(data.train), len(data.val), config.image_size, record_dir)
             with StopSignals() as stop:
-                result = train(config, data, model, device, session, resume.state if resume else None, stop)
+                result = train(config, data, model, device, session, resume.state if resume else None, stop,
+                               world=world)
                 if stop() is not None:                    # asked while the last epoch was recorded
                     raise TrainingInterrupted(stop())
             best = best_model(model, result)
@@ -138,11 +172,12 @@ def _cv_summary(rows: list[dict]) -> dict[str, float]:
 
 
 def _cross_validate(config: TrainConfig, folds: list[TrainingData], device: torch.device, env: dict,
-                    tracker: Tracker, record_dir: Path, init: dict[str, torch.Tensor] | None) -> TrainingOutcome:
+                    tracker: Tracker, record_dir: Path, init: dict[str, torch.Tensor] | None,
+                    tags: dict[str, str] | None = None) -> TrainingOutcome:
     """A parent run holding the mean and sd over folds; each fold is a complete nested training run."""
     started = time.perf_counter()
     record = RunRecord(record_dir, tracker)
-    tracker.start(config.run_name, {**layout.TRAINING_TAGS, "cross_validation": f"{len(folds)}-fold"})
+    tracker.start(config.run_name, {**layout.TRAINING_TAGS, "cross_validation": f"{len(folds)}-fold", **(tags or {})})
     try:
         with run_status(tracker.finish):
             tracker.log_params(run_params(config, env))
@@ -195,31 +230,65 @@ def _cv_markdown(summary: dict[str, float], rows: list[dict]) -> str:
     return "# Cross-validation\n\n" + markdown_table(summary) + "\n## Folds\n\n" + table
 
 
-def resume_training(config: TrainConfig, resume: Resume) -> TrainingOutcome:
-    """The rest of a stopped run, into its own record and MLflow run."""
+def _world(config: TrainConfig) -> tuple[World, torch.device]:
+    """The launcher's world (one process without torchrun) and this process's device, after checks."""
+    world = distributed.world_of_launcher()
     device = resolve_device(config.device)
+    if not world.distributed:
+        return world, device
+    from coroseg.errors import InputError
+
+    if config.folds > 1:
+        raise InputError(f"--folds {config.folds} under torchrun: cross-validation runs in one process; "
+                         "train each recipe with torchrun without --folds")
+    return world, distributed.join(world, device)
+
+
+def _check_world(data: TrainingData, world: World) -> None:
+    if world.distributed and min(len(data.train), len(data.val)) < world.size:
+        from coroseg.errors import InputError
+
+        raise InputError(f"{data.source}: {len(data.train)} training and {len(data.val)} validation frames cannot "
+                         f"be shared by {world.size} processes (each needs one of both)")
+
+
+def resume_training(config: TrainConfig, resume: Resume) -> TrainingOutcome:
+    """The rest of a stopped run, into its own record and MLflow run. Under torchrun every rank reads the
+    record (it must be on a file system they all see)."""
+    world, device = _world(config)
     splits = load_training_data(config)
     check_data(resume, splits[0].digest)
+    _check_world(splits[0], world)
+    if not world.main:
+        return _train_beside(config, splits[0], device, world, None, resume)
     tracker = make_tracker(config.tracking, config.tracking_uri, config.experiment, resume.record_dir,
                            config.system_metrics)
     return _train_split(config, splits[0], device, environment(device), tracker, resume.record_dir,
-                        resume=resume)
+                        resume=resume, world=world)
 
 
-def run_training(config: TrainConfig) -> TrainingOutcome:
+def run_training(config: TrainConfig, tags: dict[str, str] | None = None,
+                 check: Callable[[TrainingData], None] | None = None) -> TrainingOutcome:
+    """Train (one run, or cross-validation with --folds), under torchrun too. `tags` go on the new run beside
+    the training tags; `check` may refuse the data once read, before any run is created."""
     family(config.model_family)                       # unknown family: error before anything else
     if config.register and config.folds > 1:
         from coroseg.errors import InputError
 
         raise InputError(f"--register {config.register} with --folds {config.folds}: cross-validation compares "
                          "recipes and logs no single model; train the chosen recipe without --folds to register it")
-    device = resolve_device(config.device)
+    world, device = _world(config)
     init = _initial_weights(config)                   # bad input: error before any run is created
     splits = load_training_data(config)
+    if check is not None:
+        check(splits[0])
+    _check_world(splits[0], world)
+    if not world.main:
+        return _train_beside(config, splits[0], device, world, init, None)
     record_dir = new_record_dir(config.output_dir, _safe_name(config.run_name or config.model_family))
     config.run_name = config.run_name or _default_run_name(config)
     env = environment(device)
     tracker = make_tracker(config.tracking, config.tracking_uri, config.experiment, record_dir, config.system_metrics)
     if len(splits) == 1:
-        return _train_split(config, splits[0], device, env, tracker, record_dir, init)
-    return _cross_validate(config, splits, device, env, tracker, record_dir, init)
+        return _train_split(config, splits[0], device, env, tracker, record_dir, init, world=world, tags=tags)
+    return _cross_validate(config, splits, device, env, tracker, record_dir, init, tags)

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import logging
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from coroseg.data.augment import BatchAugmentation
 from coroseg.data.dataset import Frames, TrainingData
 from coroseg.errors import Stopped
 from coroseg.models import SegmentationModel
+from coroseg.training import distributed
+from coroseg.training.distributed import SINGLE, World
 from coroseg.training.epoch_metrics import EpochMetrics
 from coroseg.training.losses import build_loss
 from coroseg.training.postprocess import PostprocessingChoice, choose_postprocessing
@@ -140,15 +143,19 @@ def compiled(config: TrainConfig, device: torch.device) -> bool:
     return config.compile == "yes" or (config.compile == "auto" and device.type == "cuda")
 
 
-def _training_logits(model: SegmentationModel, compile_step: bool) -> Logits:
-    """The network's logits for training steps: compiled (for one batch shape) or as they are. On a GPU the
-    compiled step is also captured as CUDA graphs: one launch replays the step's hundreds of kernels, which
-    the host otherwise queues one by one slower than an H200 runs them (bench/gpu_profile.py)."""
+def _training_logits(model: SegmentationModel, compile_step: bool, world: World = SINGLE) -> Logits:
+    """The network's logits for training steps: compiled (for one batch shape) or as they are; under torchrun
+    through DDP, which averages the gradients over the world. On one GPU the compiled step is also captured as
+    CUDA graphs: one launch replays the step's hundreds of kernels, which the host otherwise queues one by one
+    slower than an H200 runs them (bench/gpu_profile.py). Not under DDP: its all-reduce runs outside graphs."""
+    device = next(model.parameters()).device
+    if compile_step:
+        model.to(memory_format=torch.channels_last)       # before DDP, which lays out its buckets by the weights
+    forward = distributed.data_parallel(model, device) if world.distributed else model.logits
     if not compile_step:
-        return model.logits
-    model.to(memory_format=torch.channels_last)
-    cuda = next(model.parameters()).is_cuda
-    step = torch.compile(model.logits, dynamic=False, mode="reduce-overhead" if cuda else None)
+        return forward
+    graphs = device.type == "cuda" and not world.distributed
+    step = torch.compile(forward, dynamic=False, mode="reduce-overhead" if graphs else None)
     return lambda images: step(images.contiguous(memory_format=torch.channels_last))
 
 
@@ -158,22 +165,38 @@ def _fov_logits(logits_of: Logits, images: torch.Tensor, fov: torch.Tensor) -> t
     return logits.float().masked_fill(fov < 0.5, OUTSIDE_FOV_LOGIT)
 
 
-def _batches(count: int, config: TrainConfig, epoch: int, whole_only: bool) -> list[torch.Tensor]:
-    """The epoch's shuffled batches; with `whole_only` (a compiled step has one batch shape) the remainder is
-    left out, a different one each epoch."""
-    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-    order = torch.randperm(count, generator=generator)
+def _batches(count: int, config: TrainConfig, epoch: int, whole_only: bool,
+             world: World = SINGLE) -> list[torch.Tensor]:
+    """The epoch's shuffled batches (of this rank's share, under torchrun); with `whole_only` (a compiled step
+    has one batch shape) the remainder is left out, a different one each epoch."""
+    if world.distributed:
+        order = _shard(count, config, epoch, world)
+        count = len(order)
+    else:
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        order = torch.randperm(count, generator=generator)
     size = config.batch_size
     end = count - count % size if whole_only and count >= size else count
     return [order[i : i + size] for i in range(0, end, size)]
 
 
+def _shard(count: int, config: TrainConfig, epoch: int, world: World) -> torch.Tensor:
+    """This rank's frames of the epoch: the same shuffle on every rank, dealt out in turn; padded by repeats
+    so that every rank takes the same number of steps (DDP's all-reduce needs all of them)."""
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(count), num_replicas=world.size, rank=world.rank, shuffle=True,
+                                 seed=config.seed)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.long)
+
+
 def _train_epoch(logits_of: Logits, whole_only: bool, model, frames: Frames, config, optimizer, schedule, augment,
-                 loss_fn, device, epoch, stop: StopCheck | None = None) -> tuple[float, int]:
-    """The mean training loss and the number of frames trained on. The loss stays on the device until the
-    epoch ends: a per-step `.item()` would make the host wait for every step."""
+                 loss_fn, device, epoch, stop: StopCheck | None = None, world: World = SINGLE) -> tuple[float, int]:
+    """The mean training loss and the number of frames trained on (over the world). The loss stays on the
+    device until the epoch ends: a per-step `.item()` would make the host wait for every step."""
     model.train()
-    batches = _batches(len(frames), config, epoch, whole_only)
+    batches = _batches(len(frames), config, epoch, whole_only, world)
     # One copy of the epoch's order to the device: a copy per batch from pageable memory would wait for the
     # device each time, and the host could not queue the next step while the GPU runs this one.
     batches = torch.cat(batches).to(frames.images.device).split([len(b) for b in batches]) if batches else []
@@ -194,7 +217,10 @@ def _train_epoch(logits_of: Logits, whole_only: bool, model, frames: Frames, con
         if stop is not None and (signum := stop()) is not None:
             progress.close()
             raise TrainingInterrupted(signum)
-    return float(total) / max(seen, 1), seen
+    total = float(total)
+    if world.distributed:
+        total, seen = distributed.summed([total, seen], device)
+    return total / max(seen, 1), int(seen)
 
 
 @torch.no_grad()
@@ -214,6 +240,21 @@ def _validate(model, frames: Frames, config, loss_fn) -> tuple[float, float, tor
         dice(y_pred=(probs > 0.5).float(), y=masks)
         probabilities.append(probs)
     return float(total) / len(frames), float(dice.aggregate().item()), torch.cat(probabilities).cpu()
+
+
+def _validate_world(model, frames: Frames, config, loss_fn, world: World) -> tuple[float, float, torch.Tensor]:
+    """`_validate` under torchrun: each rank validates every world.size-th frame; the loss and Dice are the
+    world's means (MONAI's DiceMetric gathers its per-frame values from every rank by itself once a process
+    group exists), and every rank gets all the probabilities, in frame order."""
+    if not world.distributed:
+        return _validate(model, frames, config, loss_fn)
+    mine = np.arange(world.rank, len(frames), world.size)
+    loss, dice, probabilities = _validate(model, frames.subset(mine), config, loss_fn)
+    loss_sum, count = distributed.summed([loss * len(mine), len(mine)], frames.images.device)
+    everything = torch.empty((len(frames), *probabilities.shape[1:]), dtype=probabilities.dtype)
+    for index, part in distributed.gathered((mine, probabilities)):
+        everything[torch.as_tensor(index)] = part
+    return loss_sum / count, dice, everything
 
 
 class _EpochEnds:
@@ -299,23 +340,30 @@ def _on_device(frames: Frames, device: torch.device) -> Frames:
 def train(
     config: TrainConfig, data: TrainingData, model: SegmentationModel, device: torch.device, events: TrainingEvents,
     resume: TrainingState | None = None, stop: StopCheck | None = None, epoch_vessel_metrics: bool = True,
+    world: World = SINGLE,
 ) -> TrainResult:
     """Train from scratch, or carry on after `resume`'s epoch exactly as if never stopped; `stop` is asked
     after every batch (TrainingInterrupted when it answers a signal). `epoch_vessel_metrics=False` leaves out the
-    per-epoch clDice, HD95... (benchmarks that score the model otherwise)."""
+    per-epoch clDice, HD95... (benchmarks that score the model otherwise). Under torchrun (`world`) every rank
+    calls it with its own device; only rank 0's events should record (the others' events may do nothing), and a
+    stop is asked after every epoch, of the whole world, so that no rank waits alone in an all-reduce."""
     seed_everything(config.seed)
+    if world.distributed:
+        torch.manual_seed(config.seed * 1000 + world.rank)    # each rank its own augmentation draws
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # every batch has one shape: time cuDNN's algorithms once, keep the best
     model.to(device)
     compile_step = compiled(config, device)
-    logits_of = _training_logits(model, compile_step)
-    steps = len(_batches(len(data.train), config, 1, whole_only=compile_step))
+    logits_of = _training_logits(model, compile_step, world)
+    steps = len(_batches(len(data.train), config, 1, compile_step, world))
     optimizer, schedule = _optimizer_and_schedule(config, model, steps)
     augment = BatchAugmentation().to(device) if config.augment else None
     loss_fn = build_loss(config.loss)
     train_frames, val_frames = _on_device(data.train, device), _on_device(data.val, device)
-    ends = _EpochEnds(events, data.val, config, background=device.type == "cuda",
-                      enabled=epoch_vessel_metrics)
+    # Under torchrun the vessel metrics too run in a process of their own: there MONAI's metrics, which gather
+    # from every rank once a process group exists, see rank 0's frames only, as meant.
+    ends = _EpochEnds(events, data.val, config, background=device.type == "cuda" or world.distributed,
+                      enabled=epoch_vessel_metrics and world.main)
     result, since_best, started = TrainResult(), 0, time.perf_counter()
     if resume is not None:
         since_best = _restore(resume, model, optimizer, schedule, result)
@@ -326,9 +374,10 @@ def train(
                 break
             t0 = time.perf_counter()
             train_loss, seen = _train_epoch(logits_of, compile_step, model, train_frames, config, optimizer,
-                                            schedule, augment, loss_fn, device, epoch, stop)
+                                            schedule, augment, loss_fn, device, epoch,
+                                            None if world.distributed else stop, world)
             t_train = time.perf_counter() - t0
-            val_loss, val_dice, probabilities = _validate(model, val_frames, config, loss_fn)
+            val_loss, val_dice, probabilities = _validate_world(model, val_frames, config, loss_fn, world)
             epoch_result = EpochResult(epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"],
                                        time.perf_counter() - t0, seen / t_train)
             epoch_result.is_best = val_dice > result.best_val_dice
@@ -344,7 +393,10 @@ def train(
             ends.add(epoch_result, probabilities, result.history)
             result.stopped_early = since_best >= config.patience and epoch < config.epochs
             result.training_duration_seconds = previous_seconds + time.perf_counter() - started
-            events.on_checkpoint(_checkpoint(epoch, since_best, model, optimizer, schedule, result))
+            if world.main:
+                events.on_checkpoint(_checkpoint(epoch, since_best, model, optimizer, schedule, result))
+            if world.distributed and stop is not None and distributed.any_rank(stop() is not None, device):
+                raise TrainingInterrupted(stop() or int(signal.SIGTERM))
             if result.stopped_early:
                 log.info("early stop: no better val_dice for %d epochs (best %.4f at epoch %d)",
                          since_best, result.best_val_dice, result.best_epoch)
@@ -355,7 +407,7 @@ def train(
     finally:
         ends.close()
     result.training_duration_seconds = previous_seconds + time.perf_counter() - started
-    if result.best_val_probabilities is not None:
+    if result.best_val_probabilities is not None and world.main:
         choice = result.postprocessing = choose_postprocessing(result.best_val_probabilities, data.val.masks)
         log.info("post-processing chosen on validation: threshold %.2f, min component %.4f of the frame; "
                  "val_dice %.4f -> %.4f", choice.chosen.threshold, choice.chosen.min_component_fraction,

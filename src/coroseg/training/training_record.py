@@ -64,8 +64,11 @@ class TrainingRecord:
     """The `TrainingEvents` that write the record of one training run."""
 
     def __init__(self, record: RunRecord, config: TrainConfig, data: TrainingData, env: dict[str, Any],
-                 model: SegmentationModel, resumed: bool = False) -> None:
+                 model: SegmentationModel, resumed: bool = False, world_size: int = 1,
+                 tags: dict[str, str] | None = None) -> None:
         self.record, self.tracker = record, record.tracker
+        self.world_size = world_size         # processes training together (torchrun), each with a batch_size batch
+        self.tags = {**layout.TRAINING_TAGS, **(tags or {})}
         self.config, self.data, self.env = config, data, env
         self.parameters = parameter_count(model)
         self.logs = LogCapture()
@@ -95,14 +98,16 @@ class TrainingRecord:
         if self.resumed:
             self.earlier_log = self._earlier_log()
         if resume_run_id is not None:
-            return self.tracker.start(self.config.run_name, layout.TRAINING_TAGS, resume_run_id=resume_run_id)
-        run_id = self.tracker.start(self.config.run_name, layout.TRAINING_TAGS)
+            return self.tracker.start(self.config.run_name, self.tags, resume_run_id=resume_run_id)
+        run_id = self.tracker.start(self.config.run_name, self.tags)
         params = {
             **run_params(self.config, self.env),
             "parameter_count": self.parameters,
             "train_frames": len(self.data.train),
             "val_frames": len(self.data.val),
             "data_digest": self.data.digest,
+            "world_size": self.world_size,
+            "batch_size_per_rank": self.config.batch_size,
         }
         self.tracker.log_params(params)
         for context, frames in (("training", self.data.train), ("validation", self.data.val)):
