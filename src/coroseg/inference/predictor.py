@@ -26,8 +26,8 @@ class Prediction:
 
 # Test-time augmentation: the mean over the frame and its mirror images (the flips of training).
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
-# On for predict, evaluate and the served model: +0.007 out-of-fold Dice on CIMAT, +0.010 on ARCADE (README)
-# for 4x the network time, which is small beside reading and preparing a frame.
+# On for predict, evaluate and the served model: +0.004 to +0.007 out-of-fold Dice on CIMAT, +0.008 to +0.010
+# on ARCADE (README), for 4x the network time, which is small beside reading and preparing a frame.
 DEFAULT_TTA = True
 
 

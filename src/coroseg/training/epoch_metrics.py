@@ -52,6 +52,10 @@ class EpochMetrics:
             self.pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_hold,
                                             initargs=(self.truths, self.fovs))
 
+    @property
+    def in_background(self) -> bool:
+        return self.pool is not None
+
     def submit(self, probabilities: torch.Tensor) -> Future:
         predictions = probabilities[:, 0].numpy() > 0.5
         if self.pool is not None:

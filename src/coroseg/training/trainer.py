@@ -165,16 +165,20 @@ def _fov_logits(logits_of: Logits, images: torch.Tensor, fov: torch.Tensor) -> t
     return logits.float().masked_fill(fov < 0.5, OUTSIDE_FOV_LOGIT)
 
 
-def _batches(count: int, config: TrainConfig, epoch: int, whole_only: bool,
-             world: World = SINGLE) -> list[torch.Tensor]:
+def _batches(count: int, config: TrainConfig, epoch: int, whole_only: bool, world: World = SINGLE,
+             device: torch.device | None = None) -> list[torch.Tensor]:
     """The epoch's shuffled batches (of this rank's share, under torchrun); with `whole_only` (a compiled step
-    has one batch shape) the remainder is left out, a different one each epoch."""
+    has one batch shape) the remainder is left out, a different one each epoch. With `device`, views of one
+    copy of the order there: a copy per batch from pageable memory would wait for the device each time, and
+    the host could not queue the next step while the GPU runs this one."""
     if world.distributed:
         order = _shard(count, config, epoch, world)
         count = len(order)
     else:
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = torch.randperm(count, generator=generator)
+    if device is not None:
+        order = order.to(device)
     size = config.batch_size
     end = count - count % size if whole_only and count >= size else count
     return [order[i : i + size] for i in range(0, end, size)]
@@ -196,10 +200,7 @@ def _train_epoch(logits_of: Logits, whole_only: bool, model, frames: Frames, con
     """The mean training loss and the number of frames trained on (over the world). The loss stays on the
     device until the epoch ends: a per-step `.item()` would make the host wait for every step."""
     model.train()
-    batches = _batches(len(frames), config, epoch, whole_only, world)
-    # One copy of the epoch's order to the device: a copy per batch from pageable memory would wait for the
-    # device each time, and the host could not queue the next step while the GPU runs this one.
-    batches = torch.cat(batches).to(frames.images.device).split([len(b) for b in batches]) if batches else []
+    batches = _batches(len(frames), config, epoch, whole_only, world, frames.images.device)
     total, seen = torch.zeros((), device=device), 0
     progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
                     file=sys.stderr, disable=not sys.stderr.isatty())
@@ -275,7 +276,7 @@ class _EpochEnds:
         self.flush()
         metrics = self.metrics.submit(probabilities) if self.metrics is not None else None
         self.pending = (result, probabilities, list(history), metrics)
-        if self.metrics is None or self.metrics.pool is None:
+        if self.metrics is None or not self.metrics.in_background:
             self.flush()
 
     def flush(self) -> None:
