@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quality_cv import fit, mean_sd  # noqa: E402 - the bench's own training and format
 
 from coroseg.config import TrainConfig  # noqa: E402
-from coroseg.data.dataset import TrainingData, _prepared_frames, _read_folder, fold_indices  # noqa: E402
+from coroseg.data.dataset import TrainingData, all_frames, fold_indices  # noqa: E402
 from coroseg.data.imageio import read_gray  # noqa: E402
 from coroseg.data.pairs import find_pairs, load_mask  # noqa: E402
 from coroseg.evaluation.metrics import image_metrics, mean_metrics  # noqa: E402
@@ -50,9 +50,9 @@ def outer_fold(config: TrainConfig, frames, outer_train: np.ndarray, inner: int,
         data = TrainingData(sub.subset(train_idx), sub.subset(val_idx), source, "", np.zeros((1, 1), np.uint8))
         model, result = fit(config, data, device, None)
         models.append(model.cpu())
-        results.append((result, data.val.masks))
+        results.append((result, data.val.masks()))
     choice = choose_postprocessing(torch.cat([r.best_val_probabilities for r, _ in results]),
-                                   torch.cat([m for _, m in results]))
+                                   np.concatenate([m for _, m in results]))
     return models, [r for r, _ in results], choice
 
 
@@ -68,8 +68,8 @@ def main() -> None:
     device = torch.device(args.device)
     config = TrainConfig(data=str(args.data), epochs=args.epochs, image_size=args.image_size, device=args.device,
                          tracking=False)
-    images, masks, names = _read_folder(config.data, config.data_format)
-    frames = _prepared_frames(images, masks, names, config)
+    frames = all_frames(config)
+    names = frames.names
     pairs = {p.image.name: p for p in find_pairs(args.data)}
     started = time.perf_counter()
     scores: dict[str, list[dict]] = {"best fold": [], "ensemble": []}

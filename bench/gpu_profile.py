@@ -1,5 +1,5 @@
 """Where a GPU training step's time goes (not a test): the training phase of coroseg's loop, one piece at a
-time, on real frames resident on the device, against the reference's step on the same network.
+time, on real frames (resident on the device as uint8 when they fit, as `coroseg train` does), against the reference's step on the same network.
 
 Rows, each img/s over whole epochs after a warm-up (CUDA-synchronised):
 - reference step: the compiled network, bf16, DiceCE and fused AdamW on one fixed batch (what
@@ -25,7 +25,9 @@ import torch
 
 from coroseg.config import TrainConfig
 from coroseg.data.augment import BatchAugmentation
+from coroseg.data.batches import frame_source
 from coroseg.data.dataset import load_training_data
+from coroseg.data.frame_store import as_inputs
 from coroseg.model_spec import ModelSpec
 from coroseg.training import trainer
 from coroseg.training.losses import build_loss
@@ -56,7 +58,8 @@ class Setup:
                                   batch_size=args.batch_size, epochs=1000, device=args.device, tracking=False)
         data = load_training_data(self.config)[0]
         torch.backends.cudnn.benchmark = self.device.type == "cuda"
-        self.train, self.val = trainer._on_device(data.train, self.device), trainer._on_device(data.val, self.device)
+        self.train, self.val = data.train, data.val
+        self.source = frame_source(data.train.file, self.device, None)
         self.model = ModelSpec.of_training(self.config).build().to(self.device)
         self.compiled = trainer.compiled(self.config, self.device)
         self.logits = trainer._training_logits(self.model, self.compiled)
@@ -68,12 +71,16 @@ class Setup:
     def epoch_of(self, logits, augment):
         def run():
             self.epoch += 1
-            trainer._train_epoch(logits, self.compiled, self.model, self.train, self.config, self.optimizer,
-                                 self.schedule, augment, self.loss, self.device, self.epoch)
+            trainer._train_epoch(logits, self.compiled, self.model, self.source, self.train, self.config,
+                                 self.optimizer, self.schedule, augment, self.loss, self.device, self.epoch)
         return run
 
+    def first_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        records = torch.from_numpy(self.train.records(range(self.config.batch_size))).to(self.device)
+        return as_inputs(records)
+
     def reference_step(self):
-        images, masks = self.train.images[: self.config.batch_size], self.train.masks[: self.config.batch_size]
+        images, masks, _ = self.first_batch()
         batches = len(trainer._batches(len(self.train), self.config, 1, self.compiled))
 
         def run():
@@ -132,9 +139,9 @@ def main() -> None:
 
 def parts(s: Setup, augment, row, args) -> None:
     b = s.config.batch_size
-    images, masks, fov = s.train.images[:b], s.train.masks[:b], s.train.fov[:b]
+    images, masks, fov = s.first_batch()
     row("augmentation alone", timed(lambda: augment(images, masks, fov), s.device, 20), b)
-    row("validation of the held-out frames", timed(lambda: trainer._validate(s.model, s.val, s.config, s.loss),
+    row("validation of the held-out frames", timed(lambda: trainer._validate(s.model, s.source, s.val, s.config, s.loss),
                                                    s.device, 3), len(s.val))
     copy = lambda: {k: v.detach().to("cpu", copy=True) for k, v in s.model.state_dict().items()}  # noqa: E731
     print(f"| best-state copy to the host | | {1e3 * timed(copy, s.device, 3):.1f} ms |", flush=True)

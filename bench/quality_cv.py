@@ -58,11 +58,17 @@ def fit(config: TrainConfig, data, device, init: dict | None, **train_options):
     return best_model(model, result), result
 
 
-def pretrain(config: TrainConfig, device, count: int, epochs: int, **train_options) -> dict:
-    synthetic = replace(config, data="synthetic", synthetic_count=count, epochs=epochs, folds=1,
+def pretrain(config: TrainConfig, device, count: int, epochs: int, source: str = "synthetic",
+             **train_options) -> dict:
+    """Weights trained for `epochs` on `count` synthetic frames, or on the real frames of the folder `source`."""
+    if source == "synthetic":
+        first = replace(config, data="synthetic", synthetic_count=count, epochs=epochs, folds=1,
                         batch_size=max(config.batch_size, 16))
-    model, result = fit(synthetic, load_training_data(synthetic)[0], device, None, **train_options)
-    print(f"  pretraining: {count} synthetic frames, {epochs} epochs, val Dice {result.best_val_dice:.4f}", flush=True)
+    else:
+        first = replace(config, data=source, data_format="auto", mask_classes=None, epochs=epochs, folds=1)
+    model, result = fit(first, load_training_data(first)[0], device, None, **train_options)
+    what = f"{count} synthetic frames" if source == "synthetic" else source
+    print(f"  pretraining: {what}, {epochs} epochs, val Dice {result.best_val_dice:.4f}", flush=True)
     return copy.deepcopy(model.state_dict())
 
 

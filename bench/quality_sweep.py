@@ -22,6 +22,8 @@ own, before the folds that start from it. results.json (in --out) is rewritten a
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
 import multiprocessing
 import os
@@ -50,19 +52,24 @@ from coroseg.models import family  # noqa: E402
 # The data set's frame side rounded up to the network's divisor: 304 for CIMAT (300 px frames), 512 for
 # ARCADE (512 px). A lever that changes nothing on a data set (e.g. "native" on 256 px frames) is left out there.
 NATIVE = "native"
-LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": True starts every fold from synthetic weights
+LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fold starts from pretrained weights
     "default": {},
     "width32": {"width": 32},
     "epochs160": {"epochs": 160, "patience": 50},
     "native": {"image_size": NATIVE},
     "cldice": {"loss": "dice_cldice"},
     "pretrain": {"pretrain": True},
+    "pretrain_real": {"pretrain": "real"},   # from --pretrain-data's real frames (another data set)
+    "pretrain_real_epochs160": {"pretrain": "real", "epochs": 160, "patience": 50},
+    "pretrain_real_lr1e-3": {"pretrain": "real", "learning_rate": 1e-3},
+    "pretrain_fold": {"pretrain": "fold"},    # pretrained on the fold's own training frames (fold_job)
     "lr1e-3": {"learning_rate": 1e-3},
     "combo": {"width": 32, "epochs": 160, "patience": 50, "image_size": NATIVE},
 }
 DATA_FIELDS = ("data", "data_format", "mask_classes", "synthetic_count", "synthetic_size", "val_fraction", "folds",
                "image_size", "field_of_view", "clahe", "seed")   # what load_training_data depends on
 METRICS = ("dice", "cldice", "hd95")
+PRETRAIN_SHARED = {name: getattr(TrainConfig(), name) for name in ("epochs", "patience", "learning_rate")}
 _cache: dict = {}                  # per worker: folds per data config, pairs per folder, pretrained weights
 
 
@@ -83,18 +90,24 @@ def _train_options() -> dict:
     return {"epoch_vessel_metrics": False} if "epoch_vessel_metrics" in inspect.signature(train).parameters else {}
 
 
-def pretrain_job(config: TrainConfig, count: int, epochs: int, path: str) -> dict:
+def pretrain_job(config: TrainConfig, count: int, epochs: int, source: str, path: str) -> dict:
     t0 = time.perf_counter()
-    torch.save(pretrain(config, torch.device(config.device), count, epochs, **_train_options()), path)
+    torch.save(pretrain(config, torch.device(config.device), count, epochs, source, **_train_options()), path)
     return {"path": path, "seconds": time.perf_counter() - t0}
 
 
-def fold_job(config: TrainConfig, fold: int, init_path: str | None) -> dict:
+def fold_job(config: TrainConfig, fold: int, init_path: str | None, fold_pretrain_epochs: int = 0) -> dict:
+    """One fold trained and scored; `fold_pretrain_epochs` > 0 first trains the default recipe that long on the
+    fold's own training frames and starts from its weights (the out-of-fold measure of starting a data set's
+    training from weights pretrained on that same set)."""
     device = torch.device(config.device)
     data = _cached(tuple(getattr(config, f) for f in DATA_FIELDS), lambda: load_training_data(config))[fold]
     pairs = _cached(config.data, lambda: {p.image.name: p for p in find_pairs(config.data)})
     init = None if init_path is None else _cached(init_path, lambda: torch.load(init_path, map_location="cpu"))
     t0 = time.perf_counter()
+    if fold_pretrain_epochs:
+        first = replace(config, **{**PRETRAIN_SHARED, "epochs": fold_pretrain_epochs})
+        init = copy.deepcopy(fit(first, data, device, None, **_train_options())[0].state_dict())
     model, result = fit(config, data, device, init, **_train_options())
     scores = {tta: mean_metrics(score_fold(model, config, result, device, pairs, data.val.names, tta == "yes"))
               for tta in ("no", "yes")}
@@ -133,16 +146,25 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
                 notes.append(f"{folder.name} {lever}: left out, the same as the default here")
                 continue
             init = None
-            if wants_pretrain:
-                key = json.dumps(asdict(replace(config, data="synthetic", folds=1, epochs=1)), sort_keys=True)
-                if key not in pretrains:
-                    pretrains[key] = {"config": config, "lever": lever, "dataset": folder.name,
-                                      "path": str(weights_dir / f"pretrained_{len(pretrains)}.pt")}
+            if wants_pretrain and wants_pretrain != "fold":
+                source = "synthetic" if wants_pretrain is True else str(args.pretrain_data)
+                if source != "synthetic" and args.pretrain_data.resolve() == folder.resolve():
+                    notes.append(f"{folder.name} {lever}: left out, --pretrain-data is this data set (its folds leak)")
+                    continue
+                # Pretraining follows the default recipe: levers that change only fine-tuning share its weights.
+                first = replace(config, **PRETRAIN_SHARED)
+                key = json.dumps(asdict(replace(first, data=source, folds=1)), sort_keys=True)
+                key += f" {args.pretrain_count} {args.pretrain_epochs}"
+                if key not in pretrains:           # named by the key: a later sweep into --out reuses the weights
+                    name = hashlib.sha256(key.encode()).hexdigest()[:16]
+                    pretrains[key] = {"config": first, "lever": lever, "dataset": folder.name, "source": source,
+                                      "path": str(weights_dir / f"pretrained_{name}.pt")}
                 init = pretrains[key]["path"]
             text = ", ".join(f"{k}={v}" for k, v in LEVERS[lever].items()).replace(NATIVE, str(native))
             for fold in range(args.folds):
                 folds.append({"dataset": folder.name, "lever": lever, "overrides": text or "-", "fold": fold,
-                              "config": config, "init": init})
+                              "config": config, "init": init,
+                              "fold_pretrain": args.pretrain_epochs if wants_pretrain == "fold" else 0})
     rank = {lever: i for i, lever in enumerate(args.levers)}
     folds.sort(key=lambda j: (j["fold"], j["lever"] != "default", rank[j["lever"]]))
     return list(pretrains.values()), folds, notes
@@ -179,6 +201,8 @@ def main() -> None:
     parser.add_argument("--compile", choices=("auto", "yes", "no"), help="override the recipe's torch.compile")
     parser.add_argument("--pretrain-count", type=int, default=400, help="synthetic frames for pretraining")
     parser.add_argument("--pretrain-epochs", type=int, default=30)
+    parser.add_argument("--pretrain-data", type=Path, default=Path("../shared/data/arcade_syntax_val200"),
+                        help="real frames of another data set for the pretrain_real lever")
     args = parser.parse_args()
     started = time.perf_counter()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")          # the workers' prints too
@@ -196,7 +220,8 @@ def main() -> None:
         print(f"  {note}", flush=True)
     records: list[dict] = []
     made: dict[str, bool] = {}                        # pretrained weights file -> made (False: failed)
-    queue = [{**p, "fold": None, "init": None} for p in pretrains] + jobs
+    made.update({p["path"]: True for p in pretrains if Path(p["path"]).is_file()})
+    queue = [{**p, "fold": None, "init": None} for p in pretrains if p["path"] not in made] + jobs
 
     def finish(job: dict, outcome: dict | None, error: BaseException | None) -> None:
         label = f"[{time.perf_counter() - started:5.0f}s] {job['dataset']} {job['lever']} " + (
@@ -234,8 +259,10 @@ def main() -> None:
             if job is None:
                 break
             queue.remove(job)
-            running[pool.submit(pretrain_job, job["config"], args.pretrain_count, args.pretrain_epochs, job["path"])
-                    if job["fold"] is None else pool.submit(fold_job, job["config"], job["fold"], job["init"])] = job
+            running[pool.submit(pretrain_job, job["config"], args.pretrain_count, args.pretrain_epochs,
+                                job["source"], job["path"])
+                    if job["fold"] is None else pool.submit(fold_job, job["config"], job["fold"], job["init"],
+                                                           job["fold_pretrain"])] = job
         if not running:
             break
         done, _ = wait(running, return_when=FIRST_COMPLETED)

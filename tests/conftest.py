@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+# Every test's frame cache (data/frame_store.py) in one folder of this session, not the user's ~/.cache.
+os.environ["COROSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="coroseg_test_cache_")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # Sample system metrics often enough that a seconds-long test run records some.

@@ -90,7 +90,8 @@ def test_epoch_metrics_in_their_own_process_equal_those_computed_at_once():
     fov = torch.ones_like(masks)
     fov[..., :4] = 0
     probabilities = (masks * 0.5 + torch.rand_like(masks) * 0.6).clamp(0, 1)   # some errors
-    inline, background = EpochMetrics(masks, fov, background=False), EpochMetrics(masks, fov, background=True)
+    truths, fovs = masks[:, 0].numpy() > 0.5, fov[:, 0].numpy() > 0.5
+    inline, background = EpochMetrics(truths, fovs, background=False), EpochMetrics(truths, fovs, background=True)
     try:
         here, there = inline.submit(probabilities).result(), background.submit(probabilities).result(timeout=120)
     finally:

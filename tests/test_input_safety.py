@@ -340,7 +340,7 @@ def test_zero_one_masks_train_as_vessels(folder, tmp_path, small_config):
     from coroseg.data.dataset import load_training_data
 
     data = load_training_data(resolve(None, data=str(folder), image_size=64))[0]
-    assert data.train.masks.sum() > 0 and data.val.masks.sum() > 0
+    assert data.train.masks().sum() > 0 and data.val.masks().sum() > 0
 
 
 def test_coloured_masks_stop_train_evaluate_and_show_in_check_data(folder, local_model, tmp_path, small_config):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def start_training(workdir: Path, config: Path, store: str) -> subprocess.Popen:
+def start_training(workdir: Path, config: Path, store: str, *options: str,
+                   own_group: bool = False) -> subprocess.Popen:
     command = [sys.executable, "-m", "coroseg", "train", "--config", str(config), "--epochs", str(EPOCHS),
-               "--tracking-uri", store, "--run-name", "resumable"]
+               "--tracking-uri", store, "--run-name", "resumable", *options]
     return subprocess.Popen(command, cwd=workdir, env=_env(), text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, start_new_session=own_group)
 
 
 def wait_for_epoch(process: subprocess.Popen, epoch: int) -> list[str]:
@@ -120,6 +122,27 @@ def test_sigterm_stops_as_killed_prints_the_command_and_resumes(tmp_path, small_
     assert result.value("run_id") == run_id
     assert client.get_run(run_id).info.status == "FINISHED"
     assert_same_training(_record_of(tmp_path), reference)
+
+
+@pytest.mark.integration
+def test_ctrl_c_to_the_whole_process_group_stops_the_training_and_its_loader_workers(tmp_path, small_config):
+    """A terminal's Ctrl-C reaches every process of the group, the batch-reading workers too: they leave the
+    stop to the training, which ends the run as KILLED with the resume command, and no worker is left."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = start_training(tmp_path, small_config, store, "--loader-workers", "2", own_group=True)
+    wait_for_epoch(process, 2)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "DataLoader worker" not in stderr and "Traceback" not in stderr
+    assert any(line.startswith("resume: coroseg train --resume ") for line in stdout.splitlines())
+    from mlflow import MlflowClient
+
+    run_id = stdout.strip().splitlines()[-1].split(": ", 1)[1]
+    assert MlflowClient(tracking_uri=store).get_run(run_id).info.status == "KILLED"
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes left in the group: {left}"
 
 
 def test_resume_refuses_other_settings_and_other_data(tmp_path, small_config, folder):

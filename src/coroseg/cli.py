@@ -151,6 +151,7 @@ _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separate
 @click.option("--patience", default=None, type=click.IntRange(min=1), help=_default("Early stop after this many epochs without a better val Dice.", "patience"))
 @click.option("--seed", default=None, type=int, help=_default("Same seed, same split and initial weights.", "seed"))
 @click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]), help=_default("", "device"))
+@click.option("--loader-workers", default=None, type=click.IntRange(min=0), help="Processes reading batches from the frame cache ahead of the loop (0: the loop reads).  [default: up to 4 on a GPU machine, 1 on a CPU, 0 on 2 cores; none when the frames fit in GPU memory]")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="YAML file of options; flags override it.")
 @click.option("--output-dir", default=None, help=_default("Where the local record of each run is kept.", "output_dir"))
 @_tracking_options

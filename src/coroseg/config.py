@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda
     compile: str = "auto"               # torch.compile + channels_last for training: auto (on CUDA) | yes | no
+    loader_workers: int | None = None   # processes reading batches from the frame cache; None: data/batches.py
     # record
     val_samples: int = 4                # validation overlays saved per epoch
     output_dir: str = "coroseg_runs"    # local record of every run (kept even when tracking fails)
@@ -76,6 +77,8 @@ def _validate(config: TrainConfig) -> TrainConfig:
         raise InputError(f"config: val_fraction must be between 0 and 1, got {config.val_fraction}")
     if config.width % 4 or config.width > 128:
         raise InputError(f"config: width must be a multiple of 4 up to 128, got {config.width}")
+    if config.loader_workers is not None and config.loader_workers < 0:
+        raise InputError(f"config: loader_workers must be at least 0, got {config.loader_workers}")
     if config.image_size < 32:
         raise InputError(f"config: image_size must be at least 32, got {config.image_size}")
     return config

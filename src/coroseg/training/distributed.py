@@ -9,6 +9,7 @@ the same best-epoch and early-stopping decisions; rank 0 alone records the run, 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -75,6 +76,17 @@ def gathered(value: Any) -> list[Any]:
     values: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
     return values
+
+
+def main_first(world: World, work: Callable[[], Any]) -> Any:
+    """`work()` on rank 0, then on the other ranks: what rank 0 leaves behind (the frame cache) they find.
+    If rank 0 fails, torchrun ends the others waiting here."""
+    if world.distributed and not world.main:
+        dist.barrier()
+    value = work()
+    if world.distributed and world.main:
+        dist.barrier()
+    return value
 
 
 def from_main(value: Any) -> Any:

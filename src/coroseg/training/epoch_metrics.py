@@ -16,8 +16,11 @@ from concurrent.futures import Future, ProcessPoolExecutor
 import numpy as np
 import torch
 
+from coroseg.training.postprocess import PROBABILITY_STEPS, quantized
+
 VESSEL_METRICS = ("cldice", "hd95", "assd", "component_error", "sensitivity", "specificity", "precision", "iou")
 
+HALF = PROBABILITY_STEPS // 2 + 1          # 128: p >= 0.5 in uint8 steps (127.5 rounds up)
 _held: tuple[np.ndarray, np.ndarray] | None = None        # the worker process's truths and fields of view
 
 
@@ -43,10 +46,11 @@ def _held_metrics(predictions: np.ndarray) -> dict[str, float]:
 
 
 class EpochMetrics:
-    """`submit(probabilities)`: a Future of the metrics of the thresholded (0.5) probabilities (N, 1, H, W)."""
+    """`submit(probabilities)`: a Future of the metrics of the thresholded (0.5) probabilities, (N, H, W) uint8
+    steps of 1/255 (trainer.py's validation)."""
 
-    def __init__(self, masks: torch.Tensor, fov: torch.Tensor, background: bool) -> None:
-        self.truths, self.fovs = masks[:, 0].numpy() > 0.5, fov[:, 0].numpy() > 0.5
+    def __init__(self, truths: np.ndarray, fovs: np.ndarray, background: bool) -> None:
+        self.truths, self.fovs = truths, fovs           # (N, H, W) bool
         self.pool = None
         if background:      # spawn: a fork of a process that holds CUDA state is unsafe
             self.pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_hold,
@@ -57,7 +61,7 @@ class EpochMetrics:
         return self.pool is not None
 
     def submit(self, probabilities: torch.Tensor) -> Future:
-        predictions = probabilities[:, 0].numpy() > 0.5
+        predictions = quantized(probabilities).numpy() >= HALF
         if self.pool is not None:
             return self.pool.submit(_held_metrics, predictions)
         done: Future = Future()

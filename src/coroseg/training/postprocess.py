@@ -62,12 +62,33 @@ class PostprocessingChoice:
     val_dice_after: float
 
 
+PROBABILITY_STEPS = 255        # validation probabilities are kept as uint8 k/255: a quarter of float32's memory
+
+
+def quantized(probabilities: torch.Tensor) -> torch.Tensor:
+    """Probabilities (N,1,H,W) or (N,H,W), float or already uint8, as (N,H,W) uint8 steps of 1/255 (0.5 and
+    above is 128 and above: thresholds keep their meaning to within half a step)."""
+    if probabilities.ndim == 4:
+        probabilities = probabilities[:, 0]
+    if probabilities.dtype == torch.uint8:
+        return probabilities
+    return (probabilities.float() * PROBABILITY_STEPS).round_().to(torch.uint8)
+
+
 def _as_maps(values: np.ndarray | torch.Tensor) -> np.ndarray:
-    """(N,1,H,W) or (N,H,W) tensor or array -> (N,H,W) numpy."""
+    """(N,1,H,W) or (N,H,W) tensor or array -> (N,H,W) numpy; uint8 probabilities stay uint8 (see `_frame`)."""
     if isinstance(values, torch.Tensor):
-        values = values.detach().float().cpu().numpy()
+        values = values.detach().cpu()
+        values = (values if values.dtype in (torch.uint8, torch.bool) else values.float()).numpy()
     values = np.asarray(values)
     return values[:, 0] if values.ndim == 4 else values
+
+
+def _frame(probabilities: np.ndarray) -> np.ndarray:
+    """One frame's probabilities as float32, made from uint8 steps one frame at a time (not all at once)."""
+    if probabilities.dtype == np.uint8:
+        return probabilities.astype(np.float32) / PROBABILITY_STEPS
+    return probabilities
 
 
 def _dice_grid(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -97,7 +118,7 @@ def choose_postprocessing(probabilities: np.ndarray | torch.Tensor,
         raise ValueError(f"probabilities {probs.shape} and masks {truth.shape} differ in shape")
     if len(probs) == 0:
         raise ValueError("no validation frames to choose the post-processing on")
-    mean = np.mean([_dice_grid(p, t) for p, t in zip(probs, truth)], axis=0)
+    mean = np.mean([_dice_grid(_frame(p), t) for p, t in zip(probs, truth)], axis=0)
     rounded = np.round(mean, 10)                      # equal Dice up to float noise is a tie
     candidates = [(i, j) for i in range(len(THRESHOLDS)) for j in range(len(MIN_COMPONENT_FRACTIONS))]
     i, j = max(candidates, key=lambda c: (rounded[c], -abs(THRESHOLDS[c[0]] - DEFAULT_THRESHOLD),

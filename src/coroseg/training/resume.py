@@ -17,8 +17,8 @@ from coroseg.training.state import TrainingState, load_state
 
 # May differ from the recorded run: where and how it is recorded or run, not what is trained. `data` may name
 # another folder (a moved copy): the data digest decides whether it holds the same frames.
-FREE_KEYS = frozenset({"data", "tracking", "tracking_uri", "experiment", "device", "compile", "output_dir",
-                       "system_metrics", "register"})
+FREE_KEYS = frozenset({"data", "tracking", "tracking_uri", "experiment", "device", "compile", "loader_workers",
+                       "output_dir", "system_metrics", "register"})
 RECORDED_CONFIG = f"{layout.artifact_dir('config')}/config.yaml"
 RECORDED_DATA = f"{layout.artifact_dir('config')}/data.json"
 

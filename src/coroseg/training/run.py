@@ -43,8 +43,8 @@ class TrainingOutcome:
     wall_seconds: float                 # the whole call: data, run start, loop, record, model
     cross_validation: dict[str, float] | None = None   # mean and sd over folds, with --folds > 1
     best: torch.nn.Module | None = None                # the best epoch's network (CPU): a fold's, for the ensemble
-    val_probabilities: torch.Tensor | None = None      # its validation probabilities, (N,1,S,S)
-    val_masks: torch.Tensor | None = None
+    val_probabilities: torch.Tensor | None = None      # its validation probabilities, (N,S,S) uint8 steps
+    val_masks: np.ndarray | None = None                # (N,S,S) bool
     rank: int = 0                                      # under torchrun: only rank 0's outcome is a run's
 
 
@@ -151,7 +151,7 @@ def _train_split(config: TrainConfig, data: TrainingData, device: torch.device, 
         wall_seconds=time.perf_counter() - started,
         best=best,
         val_probabilities=result.best_val_probabilities,
-        val_masks=data.val.masks,
+        val_masks=data.val.masks(),
     )
 
 
@@ -211,7 +211,7 @@ def _log_ensemble(config: TrainConfig, folds: list[TrainingData], outcomes: list
     """The parent run's model: the mean of the folds' networks, post-processed as chosen on the out-of-fold
     predictions (every frame predicted by the fold model that did not train on it)."""
     choice = choose_postprocessing(torch.cat([o.val_probabilities for o in outcomes]),
-                                   torch.cat([o.val_masks for o in outcomes]))
+                                   np.concatenate([o.val_masks for o in outcomes]))
     log.info("ensemble of %d folds: post-processing chosen on out-of-fold predictions: threshold %.2f, min "
              "component %.4f; out-of-fold val_dice %.4f -> %.4f", len(outcomes), choice.chosen.threshold,
              choice.chosen.min_component_fraction, choice.val_dice_before, choice.val_dice_after)
@@ -256,7 +256,7 @@ def resume_training(config: TrainConfig, resume: Resume) -> TrainingOutcome:
     """The rest of a stopped run, into its own record and MLflow run. Under torchrun every rank reads the
     record (it must be on a file system they all see)."""
     world, device = _world(config)
-    splits = load_training_data(config)
+    splits = distributed.main_first(world, lambda: load_training_data(config))
     check_data(resume, splits[0].digest)
     _check_world(splits[0], world)
     if not world.main:
@@ -279,7 +279,7 @@ def run_training(config: TrainConfig, tags: dict[str, str] | None = None,
                          "recipes and logs no single model; train the chosen recipe without --folds to register it")
     world, device = _world(config)
     init = _initial_weights(config)                   # bad input: error before any run is created
-    splits = load_training_data(config)
+    splits = distributed.main_first(world, lambda: load_training_data(config))
     if check is not None:
         check(splits[0])
     _check_world(splits[0], world)

@@ -24,14 +24,16 @@ from tqdm import tqdm
 
 from coroseg.config import TrainConfig
 from coroseg.data.augment import BatchAugmentation
+from coroseg.data.batches import frame_source
 from coroseg.data.dataset import Frames, TrainingData
+from coroseg.data.frame_store import as_inputs
 from coroseg.errors import Stopped
 from coroseg.models import SegmentationModel
 from coroseg.training import distributed
 from coroseg.training.distributed import SINGLE, World
 from coroseg.training.epoch_metrics import EpochMetrics
 from coroseg.training.losses import build_loss
-from coroseg.training.postprocess import PostprocessingChoice, choose_postprocessing
+from coroseg.training.postprocess import PROBABILITY_STEPS, PostprocessingChoice, choose_postprocessing, quantized
 from coroseg.training.state import TrainingState, restore_rng, rng_state
 
 log = logging.getLogger("coroseg")
@@ -79,7 +81,7 @@ class TrainResult:
     best_state: dict[str, torch.Tensor] | None = None
     training_duration_seconds: float = 0.0
     stopped_early: bool = False
-    best_val_probabilities: torch.Tensor | None = None    # (N,1,S,S) float32 on the CPU, the best epoch's
+    best_val_probabilities: torch.Tensor | None = None    # (N,S,S) uint8 steps of 1/255, CPU, the best epoch's
     postprocessing: PostprocessingChoice | None = None    # threshold etc. chosen on them (postprocess.py)
 
 
@@ -195,17 +197,18 @@ def _shard(count: int, config: TrainConfig, epoch: int, world: World) -> torch.T
     return torch.tensor(list(sampler), dtype=torch.long)
 
 
-def _train_epoch(logits_of: Logits, whole_only: bool, model, frames: Frames, config, optimizer, schedule, augment,
-                 loss_fn, device, epoch, stop: StopCheck | None = None, world: World = SINGLE) -> tuple[float, int]:
+def _train_epoch(logits_of: Logits, whole_only: bool, model, source, frames: Frames, config, optimizer, schedule,
+                 augment, loss_fn, device, epoch, stop: StopCheck | None = None,
+                 world: World = SINGLE) -> tuple[float, int]:
     """The mean training loss and the number of frames trained on (over the world). The loss stays on the
     device until the epoch ends: a per-step `.item()` would make the host wait for every step."""
     model.train()
-    batches = _batches(len(frames), config, epoch, whole_only, world, frames.images.device)
+    batches = _batches(len(frames), config, epoch, whole_only, world, source.order_device)
     total, seen = torch.zeros((), device=device), 0
-    progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
-                    file=sys.stderr, disable=not sys.stderr.isatty())
-    for idx in progress:
-        images, masks, fov = frames.images[idx], frames.masks[idx], frames.fov[idx]
+    progress = tqdm(zip(batches, source.read(frames, batches)), total=len(batches), unit="batch", leave=False,
+                    desc=f"epoch {epoch}/{config.epochs}", file=sys.stderr, disable=not sys.stderr.isatty())
+    for idx, records in progress:
+        images, masks, fov = as_inputs(records)
         if augment is not None:
             images, masks, fov = augment(images, masks, fov)
         loss = loss_fn(_fov_logits(logits_of, images, fov), masks)
@@ -225,33 +228,37 @@ def _train_epoch(logits_of: Logits, whole_only: bool, model, frames: Frames, con
 
 
 @torch.no_grad()
-def _validate(model, frames: Frames, config, loss_fn) -> tuple[float, float, torch.Tensor]:
-    """Validation loss, Dice and probabilities (on the CPU), with one wait for the device at the end."""
+def _validate(model, source, frames: Frames, config, loss_fn) -> tuple[float, float, torch.Tensor]:
+    """Validation loss, Dice and probabilities, streamed batch by batch, with one wait for the device at the
+    end. The probabilities come back as (N,S,S) uint8 steps of 1/255 on the CPU: a quarter of float32's bytes,
+    all that the vessel metrics and the post-processing choice need."""
     from monai.metrics import DiceMetric
 
     model.eval()
     dice = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
     total, probabilities = 0.0, []
-    for start in range(0, len(frames), config.batch_size):
-        part = slice(start, start + config.batch_size)
-        masks = frames.masks[part]
-        logits = _fov_logits(model.logits, frames.images[part], frames.fov[part])
+    positions = [np.arange(start, min(start + config.batch_size, len(frames)))
+                 for start in range(0, len(frames), config.batch_size)]
+    for records in source.read(frames, positions):
+        images, masks, fov = as_inputs(records)
+        logits = _fov_logits(model.logits, images, fov)
         total = total + loss_fn(logits, masks) * len(masks)
         probs = torch.sigmoid(logits)
         dice(y_pred=(probs > 0.5).float(), y=masks)
-        probabilities.append(probs)
+        probabilities.append(quantized(probs))
     return float(total) / len(frames), float(dice.aggregate().item()), torch.cat(probabilities).cpu()
 
 
-def _validate_world(model, frames: Frames, config, loss_fn, world: World) -> tuple[float, float, torch.Tensor]:
+def _validate_world(model, source, frames: Frames, config, loss_fn,
+                    world: World) -> tuple[float, float, torch.Tensor]:
     """`_validate` under torchrun: each rank validates every world.size-th frame; the loss and Dice are the
     world's means (MONAI's DiceMetric gathers its per-frame values from every rank by itself once a process
     group exists), and every rank gets all the probabilities, in frame order."""
     if not world.distributed:
-        return _validate(model, frames, config, loss_fn)
+        return _validate(model, source, frames, config, loss_fn)
     mine = np.arange(world.rank, len(frames), world.size)
-    loss, dice, probabilities = _validate(model, frames.subset(mine), config, loss_fn)
-    loss_sum, count = distributed.summed([loss * len(mine), len(mine)], frames.images.device)
+    loss, dice, probabilities = _validate(model, source, frames.subset(mine), config, loss_fn)
+    loss_sum, count = distributed.summed([loss * len(mine), len(mine)], next(model.parameters()).device)
     everything = torch.empty((len(frames), *probabilities.shape[1:]), dtype=probabilities.dtype)
     for index, part in distributed.gathered((mine, probabilities)):
         everything[torch.as_tensor(index)] = part
@@ -269,7 +276,7 @@ class _EpochEnds:
     def __init__(self, events: TrainingEvents, val: Frames, config: TrainConfig, background: bool,
                  enabled: bool) -> None:
         self.events, self.val, self.config = events, val, config
-        self.metrics = EpochMetrics(val.masks, val.fov, background) if enabled else None
+        self.metrics = EpochMetrics(val.masks(), val.fovs(), background) if enabled else None
         self.pending: tuple[EpochResult, torch.Tensor, list[EpochResult], Future | None] | None = None
 
     def add(self, result: EpochResult, probabilities: torch.Tensor, history: list[EpochResult]) -> None:
@@ -300,11 +307,12 @@ class _EpochEnds:
 
 def _preview(frames: Frames, probabilities: torch.Tensor, count: int) -> Preview:
     k = min(count, len(frames))
+    images, masks, _ = as_inputs(torch.from_numpy(frames.records(range(k))))
     return Preview(
         names=frames.names[:k],
-        images=frames.images[:k, 0].numpy(),
-        masks=frames.masks[:k, 0].numpy() > 0.5,
-        probabilities=probabilities[:k, 0].numpy(),
+        images=images[:, 0].numpy(),
+        masks=masks[:, 0].numpy() > 0.5,
+        probabilities=probabilities[:k].numpy().astype(np.float32) / PROBABILITY_STEPS,
     )
 
 
@@ -326,16 +334,13 @@ def _restore(state: TrainingState, model, optimizer, schedule, result: TrainResu
     restore_rng(state.rng)
     result.history = [EpochResult(**h) for h in state.history]
     result.best_epoch, result.best_val_dice = state.best_epoch, state.best_val_dice
-    result.best_state, result.best_val_probabilities = state.best_model, state.best_val_probabilities
+    result.best_state = state.best_model
+    if state.best_val_probabilities is not None:       # float32 in the states of earlier versions
+        result.best_val_probabilities = quantized(state.best_val_probabilities)
     result.stopped_early, result.training_duration_seconds = state.stopped_early, state.training_duration_seconds
     log.info("resuming after epoch %d (best val_dice %.4f at epoch %d)", state.epoch, state.best_val_dice,
              state.best_epoch)
     return state.since_best
-
-
-def _on_device(frames: Frames, device: torch.device) -> Frames:
-    """The frames resident on the training device for the whole training: no copy per batch."""
-    return Frames(frames.images.to(device), frames.masks.to(device), frames.fov.to(device), frames.names)
 
 
 def train(
@@ -360,7 +365,7 @@ def train(
     optimizer, schedule = _optimizer_and_schedule(config, model, steps)
     augment = BatchAugmentation().to(device) if config.augment else None
     loss_fn = build_loss(config.loss)
-    train_frames, val_frames = _on_device(data.train, device), _on_device(data.val, device)
+    source = frame_source(data.train.file, device, config.loader_workers)     # val's frames are in the same file
     # Under torchrun the vessel metrics too run in a process of their own: there MONAI's metrics, which gather
     # from every rank once a process group exists, see rank 0's frames only, as meant.
     ends = _EpochEnds(events, data.val, config, background=device.type == "cuda" or world.distributed,
@@ -374,11 +379,11 @@ def train(
             if result.stopped_early:
                 break
             t0 = time.perf_counter()
-            train_loss, seen = _train_epoch(logits_of, compile_step, model, train_frames, config, optimizer,
+            train_loss, seen = _train_epoch(logits_of, compile_step, model, source, data.train, config, optimizer,
                                             schedule, augment, loss_fn, device, epoch,
                                             None if world.distributed else stop, world)
             t_train = time.perf_counter() - t0
-            val_loss, val_dice, probabilities = _validate_world(model, val_frames, config, loss_fn, world)
+            val_loss, val_dice, probabilities = _validate_world(model, source, data.val, config, loss_fn, world)
             epoch_result = EpochResult(epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"],
                                        time.perf_counter() - t0, seen / t_train)
             epoch_result.is_best = val_dice > result.best_val_dice
@@ -409,7 +414,7 @@ def train(
         ends.close()
     result.training_duration_seconds = previous_seconds + time.perf_counter() - started
     if result.best_val_probabilities is not None and world.main:
-        choice = result.postprocessing = choose_postprocessing(result.best_val_probabilities, data.val.masks)
+        choice = result.postprocessing = choose_postprocessing(result.best_val_probabilities, data.val.masks())
         log.info("post-processing chosen on validation: threshold %.2f, min component %.4f of the frame; "
                  "val_dice %.4f -> %.4f", choice.chosen.threshold, choice.chosen.min_component_fraction,
                  choice.val_dice_before, choice.val_dice_after)
