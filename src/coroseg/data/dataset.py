@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from coroseg.config import TrainConfig
 from coroseg.data.frame_store import FrameFile, FrameWriter, cache_root, cached, code_digest
+from coroseg.data.imageio import read_gray
 from coroseg.data.pairs import Scan, announce, checked_scan, read_pair
 from coroseg.data.preprocess import Preprocessing, prepare
 from coroseg.errors import InputError
@@ -136,7 +137,7 @@ class _Folder:
         return (read_pair(pair) for pair in self.scan.pairs)
 
     def frame(self, index: int) -> np.ndarray:
-        return read_pair(self.scan.pairs[index])[0]
+        return read_gray(self.scan.pairs[index].image)
 
     def check(self, empty: list[int]) -> None:
         """No vessel anywhere means a misread data set, not a lesson: refuse. Some empty frames can be real

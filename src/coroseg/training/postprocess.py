@@ -76,7 +76,7 @@ def quantized(probabilities: torch.Tensor) -> torch.Tensor:
 
 
 def _as_maps(values: np.ndarray | torch.Tensor) -> np.ndarray:
-    """(N,1,H,W) or (N,H,W) tensor or array -> (N,H,W) numpy; uint8 probabilities stay uint8 (see `_frame`)."""
+    """(N,1,H,W) or (N,H,W) tensor or array -> (N,H,W) numpy; uint8 probabilities stay uint8 (see `dequantized`)."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu()
         values = (values if values.dtype in (torch.uint8, torch.bool) else values.float()).numpy()
@@ -84,8 +84,9 @@ def _as_maps(values: np.ndarray | torch.Tensor) -> np.ndarray:
     return values[:, 0] if values.ndim == 4 else values
 
 
-def _frame(probabilities: np.ndarray) -> np.ndarray:
-    """One frame's probabilities as float32, made from uint8 steps one frame at a time (not all at once)."""
+def dequantized(probabilities: np.ndarray) -> np.ndarray:
+    """Probabilities as float32 from uint8 steps (float ones as they are); the choice below converts one frame
+    at a time, not all at once."""
     if probabilities.dtype == np.uint8:
         return probabilities.astype(np.float32) / PROBABILITY_STEPS
     return probabilities
@@ -118,7 +119,7 @@ def choose_postprocessing(probabilities: np.ndarray | torch.Tensor,
         raise ValueError(f"probabilities {probs.shape} and masks {truth.shape} differ in shape")
     if len(probs) == 0:
         raise ValueError("no validation frames to choose the post-processing on")
-    mean = np.mean([_dice_grid(_frame(p), t) for p, t in zip(probs, truth)], axis=0)
+    mean = np.mean([_dice_grid(dequantized(p), t) for p, t in zip(probs, truth)], axis=0)
     rounded = np.round(mean, 10)                      # equal Dice up to float noise is a tie
     candidates = [(i, j) for i in range(len(THRESHOLDS)) for j in range(len(MIN_COMPONENT_FRACTIONS))]
     i, j = max(candidates, key=lambda c: (rounded[c], -abs(THRESHOLDS[c[0]] - DEFAULT_THRESHOLD),

@@ -33,7 +33,7 @@ from coroseg.training import distributed
 from coroseg.training.distributed import SINGLE, World
 from coroseg.training.epoch_metrics import EpochMetrics
 from coroseg.training.losses import build_loss
-from coroseg.training.postprocess import PROBABILITY_STEPS, PostprocessingChoice, choose_postprocessing, quantized
+from coroseg.training.postprocess import PostprocessingChoice, choose_postprocessing, dequantized, quantized
 from coroseg.training.state import TrainingState, restore_rng, rng_state
 
 log = logging.getLogger("coroseg")
@@ -312,7 +312,7 @@ def _preview(frames: Frames, probabilities: torch.Tensor, count: int) -> Preview
         names=frames.names[:k],
         images=images[:, 0].numpy(),
         masks=masks[:, 0].numpy() > 0.5,
-        probabilities=probabilities[:k].numpy().astype(np.float32) / PROBABILITY_STEPS,
+        probabilities=dequantized(probabilities[:k].numpy()),
     )
 
 
