@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality_cv import fit, mean_sd  # noqa: E402 - the bench's own training and format
+from quality_cv import fit, leak_refused, mean_sd  # noqa: E402 - the bench's own training and format
 
 from coroseg.config import TrainConfig  # noqa: E402
 from coroseg.data.dataset import TrainingData, all_frames, fold_indices  # noqa: E402
@@ -64,10 +64,13 @@ def main() -> None:
     parser.add_argument("--inner", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     parser.add_argument("--image-size", type=int, default=TrainConfig().image_size)
+    parser.add_argument("--init", choices=("auto", "none"), default="auto",
+                        help="the start of every training (auto: the built-in one where it fits, as train)")
     args = parser.parse_args()
     device = torch.device(args.device)
     config = TrainConfig(data=str(args.data), epochs=args.epochs, image_size=args.image_size, device=args.device,
-                         tracking=False)
+                         tracking=False, init=args.init)
+    leak_refused(config)
     frames = all_frames(config)
     names = frames.names
     pairs = {p.image.name: p for p in find_pairs(args.data)}

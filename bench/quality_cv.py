@@ -8,8 +8,9 @@ runs on a bare GPU machine with torch, MONAI and kornia (bench/gpu.sh) as well a
     .venv/bin/python bench/quality_cv.py --data ../shared/data/cimat40_train --device cpu --epochs 20
     bash bench/gpu.sh  (see bench/README.md; runs bench/gpu_check.py) or python3 bench/quality_cv.py ... on the GPU
 
-A recipe is the default configuration (what `coroseg train --data DIR` does) with --epochs /
---image-size / --batch-size / --loss / --clahe overrides; pretraining trains the same family on synthetic frames first and
+A recipe is the default configuration (what `coroseg train --data DIR` does, so starting from the built-in
+weights arcade-v1 where they fit; --init none: random) with --epochs / --image-size / --batch-size / --loss /
+--clahe overrides; pretraining trains the same family on synthetic frames first and
 starts every fold from those weights (what `coroseg train --init` does).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +34,7 @@ from coroseg.evaluation.metrics import image_metrics, mean_metrics
 from coroseg.inference.model_loading import LoadedModel
 from coroseg.inference.predictor import Predictor
 from coroseg.model_spec import ModelSpec
+from coroseg.training.initial_weights import BUILTIN, frames_seen, initial_weights, resolved_init
 from coroseg.training.trainer import best_model, seed_everything, train
 
 
@@ -49,7 +52,10 @@ class Quiet:
 
 
 def fit(config: TrainConfig, data, device, init: dict | None, **train_options):
-    """The best epoch's model (a CPU copy) and the training result; `train_options` go to the loop."""
+    """The best epoch's model (a CPU copy) and the training result; `init` None: the start `config.init` names
+    (the default: coroseg's built-in weights where they fit, as `coroseg train`); `train_options` go to the loop."""
+    if init is None:
+        init = initial_weights(replace(config, init=resolved_init(config)))
     seed_everything(config.seed)
     model = ModelSpec.of_training(config).build()
     if init is not None:
@@ -58,14 +64,29 @@ def fit(config: TrainConfig, data, device, init: dict | None, **train_options):
     return best_model(model, result), result
 
 
+def seen_by_start(config: TrainConfig) -> bool:
+    """Whether the built-in start this recipe takes (`--init auto`) was trained on some of its data set's frames:
+    then its folds leak, and only a start pretrained inside each fold measures it (quality_sweep's pretrain_fold)."""
+    name = resolved_init(config)
+    return name in BUILTIN and frames_seen(config, name)[0] > 0
+
+
+def leak_refused(config: TrainConfig) -> None:
+    if seen_by_start(config):
+        sys.exit(f"{config.data}: the built-in start {resolved_init(config)} was trained on these frames, so its "
+                 "folds would leak; give --init none, or measure it with quality_sweep.py --levers pretrain_fold")
+
+
 def pretrain(config: TrainConfig, device, count: int, epochs: int, source: str = "synthetic",
              **train_options) -> dict:
-    """Weights trained for `epochs` on `count` synthetic frames, or on the real frames of the folder `source`."""
+    """Weights trained from random ones for `epochs` on `count` synthetic frames, or on the real frames of the
+    folder `source`."""
     if source == "synthetic":
         first = replace(config, data="synthetic", synthetic_count=count, epochs=epochs, folds=1,
-                        batch_size=max(config.batch_size, 16))
+                        batch_size=max(config.batch_size, 16), init=None)
     else:
-        first = replace(config, data=source, data_format="auto", mask_classes=None, epochs=epochs, folds=1)
+        first = replace(config, data=source, data_format="auto", mask_classes=None, epochs=epochs, folds=1,
+                        init=None)
     model, result = fit(first, load_training_data(first)[0], device, None, **train_options)
     what = f"{count} synthetic frames" if source == "synthetic" else source
     print(f"  pretraining: {what}, {epochs} epochs, val Dice {result.best_val_dice:.4f}", flush=True)
@@ -120,13 +141,16 @@ def main() -> None:
     parser.add_argument("--pretrain-count", type=int, default=400, help="synthetic frames for pretraining")
     parser.add_argument("--pretrain-epochs", type=int, default=30)
     parser.add_argument("--no-pretrain-runs", action="store_true", help="only the recipes without pretraining")
+    parser.add_argument("--init", choices=("auto", "none"), default="auto",
+                        help="the recipes' start without synthetic pretraining (auto: the built-in one, as train)")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; data {args.data}", flush=True)
     base = TrainConfig(data=str(args.data), folds=args.folds, image_size=args.image_size,
                        batch_size=args.batch_size, loss=args.loss, clahe=args.clahe, device=args.device,
-                       tracking=False)
+                       tracking=False, init=args.init)
+    leak_refused(base)
     init = None if args.no_pretrain_runs else pretrain(base, device, args.pretrain_count, args.pretrain_epochs)
     rows = []
     for epochs in args.epochs:

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality_cv import fit, mean_sd, pretrain, score_fold  # noqa: E402 - the bench's own training and scoring
+from quality_cv import fit, mean_sd, pretrain, score_fold, seen_by_start  # noqa: E402 - the bench's own training and scoring
 
 from coroseg.config import TrainConfig  # noqa: E402
 from coroseg.data.dataset import load_training_data  # noqa: E402
@@ -48,6 +48,7 @@ from coroseg.data.pairs import find_pairs  # noqa: E402
 from coroseg.errors import first_line  # noqa: E402
 from coroseg.evaluation.metrics import mean_metrics  # noqa: E402
 from coroseg.models import family  # noqa: E402
+from coroseg.training.initial_weights import resolved_init  # noqa: E402
 
 # The data set's frame side rounded up to the network's divisor: 304 for CIMAT (300 px frames), 512 for
 # ARCADE (512 px). A lever that changes nothing on a data set (e.g. "native" on 256 px frames) is left out there.
@@ -63,6 +64,7 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "pretrain_real_epochs160": {"pretrain": "real", "epochs": 160, "patience": 50},
     "pretrain_real_lr1e-3": {"pretrain": "real", "learning_rate": 1e-3},
     "pretrain_fold": {"pretrain": "fold"},    # pretrained on the fold's own training frames (fold_job)
+    "scratch": {"init": None},                # random start (the default before the built-in arcade-v1)
     "lr1e-3": {"learning_rate": 1e-3},
     "combo": {"width": 32, "epochs": 160, "patience": 50, "image_size": NATIVE},
 }
@@ -106,7 +108,7 @@ def fold_job(config: TrainConfig, fold: int, init_path: str | None, fold_pretrai
     init = None if init_path is None else _cached(init_path, lambda: torch.load(init_path, map_location="cpu"))
     t0 = time.perf_counter()
     if fold_pretrain_epochs:
-        first = replace(config, **{**PRETRAIN_SHARED, "epochs": fold_pretrain_epochs})
+        first = replace(config, **{**PRETRAIN_SHARED, "epochs": fold_pretrain_epochs, "init": None})
         init = copy.deepcopy(fit(first, data, device, None, **_train_options())[0].state_dict())
     model, result = fit(config, data, device, init, **_train_options())
     scores = {tta: mean_metrics(score_fold(model, config, result, device, pairs, data.val.names, tta == "yes"))
@@ -145,6 +147,10 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
             if lever != "default" and not wants_pretrain and config == sized(base):
                 notes.append(f"{folder.name} {lever}: left out, the same as the default here")
                 continue
+            if not wants_pretrain and _cached(("seen", config.data, config.init), lambda: seen_by_start(config)):
+                notes.append(f"{folder.name} {lever}: left out, its start ({config.init}: {resolved_init(config)}) "
+                             "was trained on these frames (its folds leak); pretrain_fold measures it honestly")
+                continue
             init = None
             if wants_pretrain and wants_pretrain != "fold":
                 source = "synthetic" if wants_pretrain is True else str(args.pretrain_data)
@@ -152,7 +158,7 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
                     notes.append(f"{folder.name} {lever}: left out, --pretrain-data is this data set (its folds leak)")
                     continue
                 # Pretraining follows the default recipe: levers that change only fine-tuning share its weights.
-                first = replace(config, **PRETRAIN_SHARED)
+                first = replace(config, **PRETRAIN_SHARED, init=None)
                 key = json.dumps(asdict(replace(first, data=source, folds=1)), sort_keys=True)
                 key += f" {args.pretrain_count} {args.pretrain_epochs}"
                 if key not in pretrains:           # named by the key: a later sweep into --out reuses the weights

@@ -139,7 +139,7 @@ _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separate
 @click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
 @click.option("--width", default=None, type=click.IntRange(4, 128), help=_default("Channels of the network's first level; deeper levels scale with it.", "width"))
 @click.option("--compile", "compile", default=None, type=click.Choice(["auto", "yes", "no"]), help=_default("torch.compile and channels_last for training; auto: on CUDA.", "compile"))
-@click.option("--init", default=None, help="Start from the weights of this model URI (e.g. synthetic pretraining, then fine-tuning).")
+@click.option("--init", default=None, metavar="auto|none|arcade-v1|MODEL_URI", help=_default("The weights training starts from: auto: coroseg's built-in arcade-v1 (the default network pretrained on 200 real ARCADE frames) for real frames and that network, else random; none: random; or a model URI to fine-tune (e.g. synthetic pretraining).", "init"))
 @click.option("--folds", default=None, type=click.IntRange(min=1), help=_default("K > 1: K-fold cross-validation, a parent run with one nested run per fold.", "folds"))
 @click.option("--field-of-view/--no-field-of-view", "field_of_view", default=None, help=_default("Detect each frame's circular field of view; outside it: no loss, no metric, always background.", "field_of_view"))
 @click.option("--clahe/--no-clahe", default=None, help=_default("Contrast-limited adaptive histogram equalisation of every frame (predict does the same).", "clahe"))

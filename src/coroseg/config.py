@@ -34,7 +34,7 @@ class TrainConfig:
     # model
     model_family: str = "unet"
     width: int = 16                     # channels of the network's first level (models.DEFAULT_WIDTH)
-    init: str | None = None             # model URI whose weights start the training (fine-tuning)
+    init: str | None = "auto"           # auto | none | a built-in start (arcade-v1) | a model URI (fine-tuning)
     # optimisation
     loss: str = "dice_ce"               # one of training.losses.LOSSES
     epochs: int = 80                    # 20 leaves real-data Dice ~0.03 lower (bench/quality_cv.py)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from coroseg.config import TrainConfig, resolve
+from coroseg.training.initial_weights import BUILTIN
 from coroseg.data.dataset import TrainingData
 from coroseg.errors import InputError
 from coroseg.tracking import layout
@@ -192,7 +193,7 @@ def reproduce(run_id: str, overrides: Overrides) -> Reproduction:
     device = resolve_device(config.device)
     env = environment(device)
     warn_differences(original.run, env, str(device))
-    if config.init is not None and not config.init.startswith("runs:/"):
+    if config.init is not None and not config.init.startswith("runs:/") and config.init not in BUILTIN:
         log.warning("reproduce %s: its initial weights are read again from %s, which may no longer hold the "
                     "model the run started from", run_id, config.init)
     def same_data(data: TrainingData) -> None:

@@ -23,6 +23,7 @@ from coroseg.tracking.record import RunRecord, markdown_rows, markdown_table, ne
 from coroseg.training import distributed
 from coroseg.training.checkpoint import weights_bytes
 from coroseg.training.distributed import SINGLE, World
+from coroseg.training.initial_weights import initial_weights, resolved_init, start_notes
 from coroseg.training.postprocess import choose_postprocessing
 from coroseg.training.resume import Resume, check_data
 from coroseg.training.signals import StopSignals
@@ -54,36 +55,6 @@ def _default_run_name(config: TrainConfig) -> str:
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80]
-
-
-def _initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
-    """The weights of `--init MODEL_URI`, checked against the model family before any run is created."""
-    if config.init is None:
-        return None
-    from coroseg.errors import InputError
-    from coroseg.inference.model_loading import load_model
-
-    loaded = load_model(config.init, torch.device("cpu"), config.tracking_uri)
-    family_there = loaded.spec.family
-    if loaded.spec.members > 1:
-        raise InputError(f"--init {config.init}: an ensemble of {loaded.spec.members} networks cannot start one "
-                         "training; start from one of its folds' models (runs:/<fold run>/pytorch_model)")
-    if family_there != config.model_family:
-        raise InputError(f"--init {config.init}: a {family_there} model cannot start a {config.model_family} training")
-    here = ModelSpec.of_training(config)
-    if loaded.spec.architecture and loaded.spec.architecture != here.architecture:
-        raise InputError(f"--init {config.init}: that {family_there} model was built with other arguments "
-                         f"({_differing(loaded.spec.architecture, here.architecture)}) than this training builds")
-    there = loaded.spec.preprocessing
-    if there != here.preprocessing:   # allowed (fine-tuning adapts), but the user should know the inputs differ
-        log.warning("--init %s: that model saw frames prepared with %s; this training prepares them with %s",
-                    config.init, there, here.preprocessing)
-    return {k: v.detach().clone() for k, v in loaded.module.state_dict().items()}
-
-
-def _differing(there: dict, here: dict) -> str:
-    return ", ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here"
-                     for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k))
 
 
 def _initial_model(config: TrainConfig, init: dict[str, torch.Tensor] | None):
@@ -278,13 +249,17 @@ def run_training(config: TrainConfig, tags: dict[str, str] | None = None,
         raise InputError(f"--register {config.register} with --folds {config.folds}: cross-validation compares "
                          "recipes and logs no single model; train the chosen recipe without --folds to register it")
     world, device = _world(config)
-    init = _initial_weights(config)                   # bad input: error before any run is created
+    asked, config.init = config.init, resolved_init(config)   # recorded as taken: a built-in name, a URI or None
+    init = initial_weights(config)                    # bad input: error before any run is created
+    notes = start_notes(config, asked) if world.main else []
     splits = distributed.main_first(world, lambda: load_training_data(config))
     if check is not None:
         check(splits[0])
     _check_world(splits[0], world)
     if not world.main:
         return _train_beside(config, splits[0], device, world, init, None)
+    for level, note in notes:                         # said once the data is known good: errors stay one line
+        log.log(level, "%s", note)
     record_dir = new_record_dir(config.output_dir, _safe_name(config.run_name or config.model_family))
     config.run_name = config.run_name or _default_run_name(config)
     env = environment(device)

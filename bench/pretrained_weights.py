@@ -1,0 +1,72 @@
+"""Make coroseg's built-in start `arcade-v1` (src/coroseg/training/pretrained/arcade_v1.safetensors).
+
+The default recipe (TrainConfig's defaults, random start) trained for 60 epochs on the 200 real ARCADE frames
+of ../shared/data/arcade_syntax_val200, exactly as bench/quality_sweep.py's `pretrain_real` lever pretrains
+(quality_cv.pretrain, seed 0), saved as safetensors whose header records the network, the recipe, the data's
+citation and the identity of every frame of the folder (coroseg warns a training on any of them):
+
+    PYTHONPATH=src .venv/bin/python bench/pretrained_weights.py --out /tmp/arcade_v1.safetensors
+
+About 8 min on a 2-core CPU. `--from-state FILE` packages weights the sweep already trained (its
+`pretrained_<recipe>.pt`, a state dict of tensors loaded weights-only) instead of training again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quality_cv import pretrain  # noqa: E402 - the bench's own pretraining, shared with the sweep
+
+from coroseg.config import TrainConfig  # noqa: E402
+from coroseg.data.imageio import read_gray  # noqa: E402
+from coroseg.data.pairs import checked_scan  # noqa: E402
+from coroseg.model_spec import ModelSpec  # noqa: E402
+from coroseg.training.initial_weights import METADATA_KEY, frame_id  # noqa: E402
+
+EPOCHS = 60
+CITATION = ("ARCADE (Zenodo record 10390295; see it for the licence terms): M. Popov et al., Scientific Data 11, "
+            "20 (2024), doi:10.1038/s41597-023-02871-z; phase 1 syntax/val, 200 frames, mask = union of the 25 "
+            "SYNTAX segments")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/arcade_syntax_val200"))
+    parser.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (never replaced)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--from-state", type=Path, help="package these trained weights instead of training")
+    args = parser.parse_args()
+    if args.out.exists():
+        sys.exit(f"{args.out}: already exists; choose a new --out")
+    config = replace(TrainConfig(), init=None, device="cpu")
+    t0 = time.perf_counter()
+    if args.from_state:
+        state = torch.load(args.from_state, map_location="cpu", weights_only=True)
+    else:
+        state = pretrain(config, torch.device("cpu"), 0, args.epochs, str(args.data))
+    pairs = checked_scan(args.data).pairs
+    metadata = {
+        "spec": ModelSpec.of_training(replace(config, data=str(args.data))).to_metadata(),
+        "summary": f"the default network trained {args.epochs} epochs on {len(pairs)} real ARCADE frames",
+        "recipe": f"coroseg train --data {args.data.name} --init none --epochs {args.epochs} (seed 0, "
+                  f"val fraction {config.val_fraction}: {len(pairs)} frames)",
+        "data": CITATION,
+        "frames": sorted(frame_id(read_gray(pair.image)) for pair in pairs),
+    }
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    save_file(tensors, str(args.out), metadata={METADATA_KEY: json.dumps(metadata)})
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB, {len(pairs)} frame ids) in "
+          f"{time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""`--init auto` (the default): real frames and the default network start from the built-in weights arcade-v1;
+synthetic frames and other networks start from random weights; the start is recorded, and a training on frames
+the built-in start has seen is warned that its scores are optimistic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from coroseg.models import build_model
+from coroseg.training.checkpoint import load_weights
+from coroseg.training.initial_weights import DEFAULT_BUILTIN, METADATA_KEY, builtin_path
+from tests.conftest import run_cli
+
+ARCADE = Path(__file__).parent / "data" / "arcade_yolo"   # two frames of arcade_syntax_val200
+
+
+def _train(tmp_path: Path, small_config: Path, *args) -> tuple:
+    """A one-epoch training whose weights barely move (learning rate 1e-9): its final weights show its start."""
+    result = run_cli("train", "--config", small_config, "--epochs", 1, "--learning-rate", 1e-9, "--no-tracking",
+                     *args, cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    record = tmp_path / result.value("local_record")
+    recorded = yaml.safe_load((record / "config" / "training" / "config.yaml").read_text())
+    final = load_file(str(record / "final_model" / "weights" / "model.safetensors"))
+    return result, recorded, final
+
+
+def _close(a: dict, b: dict) -> bool:
+    return all(torch.allclose(a[k], b[k], atol=1e-4) for k in b if b[k].is_floating_point())
+
+
+def test_the_built_in_start_is_a_safe_file_with_its_provenance():
+    with safe_open(str(builtin_path(DEFAULT_BUILTIN)), framework="pt") as file:
+        metadata = json.loads(file.metadata()[METADATA_KEY])
+    assert metadata["spec"]["model_family"] == "unet" and metadata["spec"]["architecture"]["channels"][0] == 16
+    assert len(metadata["frames"]) == 200 and "doi:10.1038/s41597-023-02871-z" in metadata["data"]
+    load_weights(builtin_path(DEFAULT_BUILTIN), build_model("unet"))        # fits the default network
+
+
+def test_real_frames_start_from_the_built_in_weights_by_default(pairs_dir, tmp_path, small_config):
+    result, recorded, final = _train(tmp_path, small_config, "--data", pairs_dir)
+    assert recorded["init"] == DEFAULT_BUILTIN                  # recorded as what it was, not as "auto"
+    assert "starting from the built-in weights arcade-v1" in result.stderr
+    assert "were in its training" not in result.stderr           # these frames are not ARCADE's
+    assert _close(final, load_file(str(builtin_path(DEFAULT_BUILTIN))))
+
+
+def test_init_none_and_synthetic_frames_start_from_random_weights(pairs_dir, tmp_path, small_config):
+    built_in = load_file(str(builtin_path(DEFAULT_BUILTIN)))
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    result, recorded, final = _train(tmp_path / "a", small_config, "--data", pairs_dir, "--init", "none")
+    assert recorded["init"] is None and "built-in" not in result.stderr and not _close(final, built_in)
+    result, recorded, final = _train(tmp_path / "b", small_config)           # the config's synthetic frames
+    assert recorded["init"] is None and "built-in" not in result.stderr and not _close(final, built_in)
+
+
+def test_another_network_starts_from_random_weights_unless_the_start_is_named(pairs_dir, tmp_path, small_config):
+    result, recorded, _ = _train(tmp_path, small_config, "--data", pairs_dir, "--width", 8)
+    assert recorded["init"] is None and "--init auto: random weights" in result.stderr
+    named = run_cli("train", "--config", small_config, "--data", pairs_dir, "--width", 8, "--init", DEFAULT_BUILTIN,
+                    "--no-tracking", "--output-dir", tmp_path / "named", cwd=tmp_path)
+    assert named.exit_code == 2 and "built with other arguments" in named.stderr
+    assert len(named.stderr.strip().splitlines()) == 1 and not (tmp_path / "named").exists()
+
+
+@pytest.mark.parametrize("init", ["auto", DEFAULT_BUILTIN])
+def test_training_on_frames_the_start_has_seen_is_warned(tmp_path, small_config, init):
+    result, recorded, _ = _train(tmp_path, small_config, "--data", ARCADE, "--init", init)
+    assert recorded["init"] == DEFAULT_BUILTIN
+    assert "2 of these 2 frames were in its training" in result.stderr and "--init none" in result.stderr
