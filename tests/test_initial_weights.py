@@ -75,3 +75,14 @@ def test_training_on_frames_the_start_has_seen_is_warned(tmp_path, small_config,
     result, recorded, _ = _train(tmp_path, small_config, "--data", ARCADE, "--init", init)
     assert recorded["init"] == DEFAULT_BUILTIN
     assert "2 of these 2 frames were in its training" in result.stderr and "--init none" in result.stderr
+
+
+def test_a_bad_input_stays_one_line_when_the_start_has_something_to_say(tmp_path, small_config):
+    """--clahe makes the built-in start's preprocessing differ (a warning); a bad frame must still be one line."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "1.png").write_bytes(b"not a png")
+    (data / "1_gt.png").write_bytes(b"not a png")
+    result = run_cli("train", "--config", small_config, "--data", data, "--clahe", "--no-tracking", cwd=tmp_path)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "1.png" in result.stderr

@@ -2,8 +2,8 @@
 
 coroseg ships one start, `arcade-v1`: the default recipe trained on the 200 real ARCADE frames of
 `arcade_syntax_val200` (bench/pretrained_weights.py makes it). Out of fold it lifts Dice in every fold of both
-shared sets (CIMAT +0.014, ARCADE +0.008 on average; README, quality), so `--init auto` (the default) starts every training on real frames from it whenever the
-network is the one it was trained as. Synthetic data and other networks start from random weights.
+shared sets (CIMAT +0.014, ARCADE +0.008 on average; README, quality), so `--init auto` (the default) starts
+every training on real frames from it whenever the network is the one it was trained as. Synthetic data and other networks start from random weights.
 
 The file is safetensors (no pickle) with its provenance in the header: the recipe, the data's citation and a
 hash of every frame it saw. A training whose own frames are among them is warned: its validation and
@@ -85,37 +85,42 @@ def builtin_metadata(name: str) -> dict[str, Any]:
         return json.loads(file.metadata()[METADATA_KEY])
 
 
-def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor] | None:
+def initial_weights(config: TrainConfig, notes: list | None = None) -> dict[str, torch.Tensor] | None:
     """The weights `config.init` (already resolved) names, checked against the network to train before any
-    run is created; None: random weights."""
+    run is created; None: random weights. What to tell the user goes into `notes` (logged now without it)."""
     if config.init is None:
         return None
-    if config.init in BUILTIN:
-        return _builtin(config)
-    return _from_model(config)
+    said: list[tuple[int, str]] = []
+    weights = _builtin(config, said) if config.init in BUILTIN else _from_model(config, said)
+    if notes is None:
+        for level, note in said:
+            log.log(level, "%s", note)
+    else:
+        notes.extend(said)
+    return weights
 
 
-def _builtin(config: TrainConfig) -> dict[str, torch.Tensor]:
+def _builtin(config: TrainConfig, notes: list) -> dict[str, torch.Tensor]:
     from coroseg.training.checkpoint import load_weights
 
     metadata = builtin_metadata(config.init)
     there = ModelSpec.from_metadata(metadata["spec"], builtin_path(config.init))
-    _check_network(config, there)
+    _check_network(config, there, notes)
     return load_weights(builtin_path(config.init), there.build(), there.family).state_dict()
 
 
-def _from_model(config: TrainConfig) -> dict[str, torch.Tensor]:
+def _from_model(config: TrainConfig, notes: list) -> dict[str, torch.Tensor]:
     from coroseg.inference.model_loading import load_model
 
     loaded = load_model(config.init, torch.device("cpu"), config.tracking_uri)
     if loaded.spec.members > 1:
         raise InputError(f"--init {config.init}: an ensemble of {loaded.spec.members} networks cannot start one "
                          "training; start from one of its folds' models (runs:/<fold run>/pytorch_model)")
-    _check_network(config, loaded.spec)
+    _check_network(config, loaded.spec, notes)
     return {k: v.detach().clone() for k, v in loaded.module.state_dict().items()}
 
 
-def _check_network(config: TrainConfig, there: ModelSpec) -> None:
+def _check_network(config: TrainConfig, there: ModelSpec, notes: list) -> None:
     if there.family != config.model_family:
         raise InputError(f"--init {config.init}: a {there.family} model cannot start a {config.model_family} training")
     here = ModelSpec.of_training(config)
@@ -123,8 +128,8 @@ def _check_network(config: TrainConfig, there: ModelSpec) -> None:
         raise InputError(f"--init {config.init}: that {there.family} model was built with other arguments "
                          f"({_differing(there.architecture, here.architecture)}) than this training builds")
     if there.preprocessing != here.preprocessing:   # allowed (fine-tuning adapts), but the user should know
-        log.warning("--init %s: that model saw frames prepared with %s; this training prepares them with %s",
-                    config.init, there.preprocessing, here.preprocessing)
+        notes.append((logging.WARNING, f"--init {config.init}: that model saw frames prepared with "
+                                       f"{there.preprocessing}; this training prepares them with {here.preprocessing}"))
 
 
 def _differing(there: dict, here: dict) -> str:

@@ -250,15 +250,16 @@ def run_training(config: TrainConfig, tags: dict[str, str] | None = None,
                          "recipes and logs no single model; train the chosen recipe without --folds to register it")
     world, device = _world(config)
     asked, config.init = config.init, resolved_init(config)   # recorded as taken: a built-in name, a URI or None
-    init = initial_weights(config)                    # bad input: error before any run is created
-    notes = start_notes(config, asked) if world.main else []
+    notes: list[tuple[int, str]] = []                 # said once the data is known good: errors stay one line
+    init = initial_weights(config, notes)             # bad input: error before any run is created
+    notes = notes + start_notes(config, asked) if world.main else []
     splits = distributed.main_first(world, lambda: load_training_data(config))
     if check is not None:
         check(splits[0])
     _check_world(splits[0], world)
     if not world.main:
         return _train_beside(config, splits[0], device, world, init, None)
-    for level, note in notes:                         # said once the data is known good: errors stay one line
+    for level, note in notes:
         log.log(level, "%s", note)
     record_dir = new_record_dir(config.output_dir, _safe_name(config.run_name or config.model_family))
     config.run_name = config.run_name or _default_run_name(config)
