@@ -3,7 +3,8 @@
 coroseg ships one start, `arcade-v1`: the default recipe trained on the 200 real ARCADE frames of
 `arcade_syntax_val200` (bench/pretrained_weights.py makes it). Out of fold it lifts Dice in every fold of both
 shared sets (CIMAT +0.014, ARCADE +0.008 on average; README, quality), so `--init auto` (the default) starts
-every training on real frames from it whenever the network is the one it was trained as. Synthetic data and other networks start from random weights.
+every training on real frames from it whenever the network is the one it was trained as. Synthetic data and
+other networks start from random weights.
 
 The file is safetensors (no pickle) with its provenance in the header: the recipe, the data's citation and a
 hash of every frame it saw. A training whose own frames are among them is warned: its validation and
@@ -12,6 +13,7 @@ cross-validation scores would be optimistic (the start has seen those frames), `
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -78,6 +80,7 @@ def start_notes(config: TrainConfig, asked: str | None) -> list[tuple[int, str]]
     return []
 
 
+@functools.cache          # a training asks for it up to four times; the shipped file does not change
 def builtin_metadata(name: str) -> dict[str, Any]:
     from safetensors import safe_open
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from coroseg.config import TrainConfig, resolve
-from coroseg.training.initial_weights import BUILTIN
 from coroseg.data.dataset import TrainingData
 from coroseg.errors import InputError
 from coroseg.tracking import layout
 from coroseg.tracking.environment import environment, environment_params, resolve_device
 from coroseg.tracking.run_reader import RunReader, StoredRun
 from coroseg.training.distributed import world_of_launcher
+from coroseg.training.initial_weights import BUILTIN
 from coroseg.training.resume import RECORDED_CONFIG, RECORDED_DATA
 from coroseg.training.run import TrainingOutcome, run_training
 
