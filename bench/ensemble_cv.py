@@ -37,8 +37,8 @@ from coroseg.models import Ensemble  # noqa: E402
 from coroseg.training.postprocess import choose_postprocessing  # noqa: E402
 
 
-def score(module, spec: ModelSpec, device, frames: list[np.ndarray], truths: list[np.ndarray]) -> dict:
-    predictor = Predictor(LoadedModel(module.to(device).eval(), spec, "in-memory"), batch_size=8)
+def score(module, spec: ModelSpec, device, frames: list[np.ndarray], truths: list[np.ndarray], tta: bool) -> dict:
+    predictor = Predictor(LoadedModel(module.to(device).eval(), spec, "in-memory"), batch_size=8, tta=tta)
     return mean_metrics([image_metrics(p.mask, t, p.fov) for p, t in zip(predictor.predict(frames), truths)])
 
 
@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--inner", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
     parser.add_argument("--image-size", type=int, default=TrainConfig().image_size)
+    parser.add_argument("--no-tta", dest="tta", action="store_false",
+                        help="score without test-time flips (coroseg predict's default is with them)")
     parser.add_argument("--init", choices=("auto", "none"), default="auto",
                         help="the start of every training (auto: the built-in one where it fits, as train)")
     args = parser.parse_args()
@@ -82,16 +84,17 @@ def main() -> None:
         test = [pairs[names[i]] for i in held_out]
         test_frames, truths = [read_gray(p.image) for p in test], [load_mask(p.mask) for p in test]
         best_spec = ModelSpec.of_training(config, results[best].postprocessing.chosen)
-        scores["best fold"].append(score(models[best], best_spec, device, test_frames, truths))
+        scores["best fold"].append(score(models[best], best_spec, device, test_frames, truths, args.tta))
         ensemble_spec = ModelSpec.of_training(config, choice.chosen, members=len(models))
-        scores["ensemble"].append(score(Ensemble(models), ensemble_spec, device, test_frames, truths))
+        scores["ensemble"].append(score(Ensemble(models), ensemble_spec, device, test_frames, truths, args.tta))
         print(f"  outer fold {k}: {len(held_out)} held-out frames; best fold Dice "
               f"{scores['best fold'][-1]['dice']:.4f}, ensemble Dice {scores['ensemble'][-1]['dice']:.4f}",
               flush=True)
     seconds = time.perf_counter() - started
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\nnested cross-validation on {args.data.name} ({len(names)} frames): {args.outer} outer folds x "
-          f"{args.inner} inner folds, {args.epochs} epochs, {args.image_size} px, {name}, {seconds:.0f} s")
+          f"{args.inner} inner folds, {args.epochs} epochs, {args.image_size} px, test-time flips "
+          f"{'on' if args.tta else 'off'}, {name}, {seconds:.0f} s")
     print("| model | Dice | clDice | HD95 (px) |\n| --- | --- | --- | --- |")
     for label, scored in scores.items():
         print(f"| {label} | " + " | ".join(mean_sd([s[m] for s in scored], 4) for m in ("dice", "cldice", "hd95"))

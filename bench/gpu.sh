@@ -12,7 +12,7 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== reference (install done at +$(( $(date +%s) - start )) s)"
 B=16 H=512 NETS=unet MODES=${MODES:-bf16,bf16_cl_compile} OUT=$OUT \
-  timeout 200 python3 .gpudata/monai_reference_unet.py 2>&1 | grep -v Warning | tail -8
+  timeout "${REF_TIMEOUT:-200}" python3 .gpudata/monai_reference_unet.py 2>&1 | grep -v Warning | tail -8
 if [[ "${PROFILE:-1}" == 1 ]]; then
   echo "== where the training step's time goes (at +$(( $(date +%s) - start )) s)"
   timeout "${PROFILE_TIMEOUT:-200}" python3 bench/gpu_profile.py --data .gpudata/arcade_syntax_val200 \

@@ -2,13 +2,15 @@
 time, on real frames (resident on the device as uint8 when they fit, as `coroseg train` does), against the reference's step on the same network.
 
 Rows, each img/s over whole epochs after a warm-up (CUDA-synchronised):
-- reference step: the compiled network, bf16, DiceCE and fused AdamW on one fixed batch (what
+- reference step: the compiled network (CUDA graphs), bf16, DiceCE and fused AdamW on one fixed batch (what
   ../shared/bench/monai_reference_unet.py times), with our model;
-- loop, no augmentation: coroseg's `_train_epoch` (batch indexing, field-of-view masking, schedule, loss sum);
-- loop: the same with the batch augmentation (what `coroseg train` runs);
-- loop, cuDNN autotuning off: the cost of leaving `cudnn.benchmark` off;
+- loop (coroseg train): coroseg's `_train_epoch` (batch indexing, input conversion, batch augmentation,
+  field-of-view masking, loss, schedule, loss sum) around the compiled network, captured as CUDA graphs;
+- loop, no augmentation: the same without the augmentation;
 - loop, no CUDA graphs: the network compiled without mode="reduce-overhead" (the host queues every kernel);
-- augmentation alone; validation of the held-out frames; the best-state copy to the host.
+- whole step compiled (candidate): input conversion, augmentation, masking and loss compiled with the network
+  as one graph, captured as CUDA graphs (their ~100 eager kernels fused into a few);
+- augmentation alone (eager); validation of the held-out frames; the best-state copy to the host.
 
     bench/gpu.sh runs it on the device. CPU smoke:
     PYTHONPATH=src .venv/bin/python bench/gpu_profile.py --device cpu --data ../shared/data/cimat40_train \
@@ -32,7 +34,7 @@ from coroseg.model_spec import ModelSpec
 from coroseg.training import trainer
 from coroseg.training.losses import build_loss
 
-VARIANTS = ("reference", "noaug", "loop", "parts", "nobench", "nographs")
+VARIANTS = ("reference", "loop", "noaug", "nographs", "wholestep", "parts")
 
 
 def sync(device: torch.device) -> None:
@@ -62,17 +64,33 @@ class Setup:
         self.source = frame_source(data.train.file, self.device, None)
         self.model = ModelSpec.of_training(self.config).build().to(self.device)
         self.compiled = trainer.compiled(self.config, self.device)
-        self.logits = trainer._training_logits(self.model, self.compiled)
+        self.augment = BatchAugmentation().to(self.device)
+        self.loss = build_loss(self.config.loss)
+        self.step = trainer._training_loss(self.model, self.compiled, self.augment, self.loss)   # channels_last
+        self.graphs = "reduce-overhead" if self.device.type == "cuda" else None
+        network = torch.compile(self.model.logits, dynamic=False, mode=self.graphs) if self.compiled else self.model.logits
+        self.logits = trainer._channels_last(network)          # the reference's step: the network alone
         steps = len(trainer._batches(len(self.train), self.config, 1, self.compiled))
         self.optimizer, self.schedule = trainer._optimizer_and_schedule(self.config, self.model, steps)
-        self.loss = build_loss(self.config.loss)
         self.epoch = 0
 
-    def epoch_of(self, logits, augment):
+    def variant(self, name: str):
+        """The batch loss of a variant of coroseg's step."""
+        if name == "loop":
+            return self.step
+        if name == "noaug":
+            return trainer._training_loss(self.model, self.compiled, None, self.loss)
+        if name == "nographs":
+            network = torch.compile(self.model.logits, dynamic=False)
+            return trainer._batch_loss(trainer._channels_last(network), self.augment, self.loss)
+        whole = trainer._batch_loss(trainer._channels_last(self.model.logits), self.augment, self.loss)
+        return torch.compile(whole, dynamic=False, mode=self.graphs)        # "wholestep"
+
+    def epoch_of(self, loss_of):
         def run():
             self.epoch += 1
-            trainer._train_epoch(logits, self.compiled, self.model, self.source, self.train, self.config,
-                                 self.optimizer, self.schedule, augment, self.loss, self.device, self.epoch)
+            trainer._train_epoch(loss_of, self.compiled, self.model, self.source, self.train, self.config,
+                                 self.optimizer, self.schedule, self.device, self.epoch)
         return run
 
     def first_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,26 +131,17 @@ def main() -> None:
     def row(label: str, seconds: float, count: int) -> None:
         print(f"| {label} | {count / seconds:.0f} | {1e3 * seconds * args.batch_size / count:.1f} |", flush=True)
 
-    augment = BatchAugmentation().to(s.device)
+    labels = {"loop": "loop (coroseg train)", "noaug": "loop, no augmentation", "nographs": "loop, no CUDA graphs",
+              "wholestep": "loop, whole step compiled (candidate)"}
     for variant in args.variants:
         try:
             if variant == "reference":
                 run, count = s.reference_step()
                 row("reference step (fixed batch, no augmentation)", timed(run, s.device, args.epochs), count)
-            elif variant == "noaug":
-                row("loop, no augmentation", timed(s.epoch_of(s.logits, None), s.device, args.epochs), frames)
-            elif variant == "loop":
-                row("loop (coroseg train)", timed(s.epoch_of(s.logits, augment), s.device, args.epochs), frames)
-            elif variant == "nobench":
-                torch.backends.cudnn.benchmark = False
-                row("loop, cudnn.benchmark off", timed(s.epoch_of(s.logits, augment), s.device, args.epochs), frames)
-                torch.backends.cudnn.benchmark = s.device.type == "cuda"
-            elif variant == "nographs":
-                plain = torch.compile(s.model.logits, dynamic=False)
-                logits = lambda x: plain(x.contiguous(memory_format=torch.channels_last))  # noqa: E731
-                row("loop, no CUDA graphs", timed(s.epoch_of(logits, augment), s.device, args.epochs), frames)
             elif variant == "parts":
-                parts(s, augment, row, args)
+                parts(s, s.augment, row, args)
+            else:
+                row(labels[variant], timed(s.epoch_of(s.variant(variant)), s.device, args.epochs), frames)
         except Exception as exc:        # report and go on: one failing variant must not hide the others
             print(f"| {variant} | failed: {repr(exc)[:160]} | |", flush=True)
 

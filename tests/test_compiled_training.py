@@ -47,7 +47,9 @@ def test_eager_training_uses_every_frame_and_a_compiled_one_whole_batches_only(m
     import coroseg.training.trainer as trainer
 
     sizes: list[int] = []
-    monkeypatch.setattr(trainer, "_training_logits", lambda model, *_: model.logits)   # no compiling
+    monkeypatch.setattr(trainer, "_training_loss",                                       # no compiling
+                        lambda model, compile_step, augment, loss_fn, world: trainer._batch_loss(model.logits, augment,
+                                                                                                 loss_fn))
     config = TrainConfig(synthetic_count=14, image_size=32, epochs=1, batch_size=4, width=4, tracking=False,
                          compile="no", augment=False)
     data = load_training_data(config)[0]

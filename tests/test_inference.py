@@ -168,3 +168,48 @@ def test_a_fresh_process_finds_the_model_in_the_named_store(trained, pairs_dir, 
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o/predictions/outputs/1_mask.png").is_file()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_in_order_keeps_the_order_and_bounds_the_work_in_flight():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from coroseg.inference.predict import in_order
+
+    running, most, lock = 0, 0, threading.Lock()
+
+    def slow_square(x: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02 * (x % 3))                   # later items often finish first
+        with lock:
+            running -= 1
+        return x * x
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(in_order(pool, slow_square, range(20), ahead=3)) == [x * x for x in range(20)]
+    assert most <= 3
+
+
+def test_prediction_threads_write_what_one_thread_writes(trained, pairs_dir, tmp_path, monkeypatch):
+    """Frames read, predicted and encoded by 3 threads, in batches of 4 for 6 frames: every file and its
+    metadata are those of a single thread, and the summary lists the frames in input order."""
+    import coroseg.inference.predict as predict
+
+    outputs = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(predict, "host_threads", lambda: threads)
+        out = tmp_path / f"threads{threads}"
+        result = run_cli("predict", "--model", f"runs:/{trained.run_id}/pytorch_model", "--input", pairs_dir,
+                         "--output", out, "--tracking-uri", trained.store, "--no-tracking", "--batch-size", 4)
+        assert result.exit_code == 0, result.stderr
+        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in (out / "predictions").rglob("*.png")}
+        summary = json.loads((out / "inference/summary/summary.json").read_text())
+        metadata = [{k: v for k, v in m.items() if k != "inference_seconds"} for m in summary["files"]]
+        outputs[threads] = files, metadata
+    assert len(outputs[1][0]) == 3 * 6 and outputs[1] == outputs[3]
+    names = [m["source_path"] for m in outputs[3][1]]
+    assert len(names) == 6 and names == sorted(names)

@@ -50,12 +50,6 @@ def comparison(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | No
     return panel(tiles, labels)
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def training_curves(history: Sequence[dict[str, float]]) -> bytes:
     """Loss, validation Dice and learning rate against epoch, as a PNG."""
     import matplotlib

@@ -7,14 +7,18 @@ The output folder is laid out exactly like the MLflow run (predictions/outputs, 
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from itertools import islice
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -31,7 +35,7 @@ from coroseg.tracking.base import make_tracker, run_status
 from coroseg.tracking.environment import environment, environment_params, resolve_device
 from coroseg.tracking.record import RunRecord, ensure_writable, markdown_table
 from coroseg.tracking.redact import redact_uri
-from coroseg.visualize import comparison, png_bytes
+from coroseg.visualize import comparison
 
 log = logging.getLogger("coroseg")
 
@@ -65,12 +69,22 @@ class FrameInput:
 class FileResult:
     source: Path
     name: str
-    probabilities: np.ndarray
     mask: np.ndarray
     fov: np.ndarray
     truth: np.ndarray | None
     seconds: float
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Prepared:
+    """A frame read, with its mask when there is one, and prepared for the network."""
+
+    item: FrameInput
+    frame: np.ndarray
+    truth: np.ndarray | None
+    image: np.ndarray
+    fov: np.ndarray
 
 
 @dataclass
@@ -120,15 +134,49 @@ def frames_to_predict(paths: list[Path]) -> list[FrameInput]:
     return frames
 
 
+def host_threads() -> int:
+    """Threads for each frame's host work (decoding, field of view, post-processing, PNG encoding): SciPy,
+    Pillow and zlib release the GIL, so it spreads over the cores; one core is left to the thread that feeds
+    the network (bench/gpu_speed.py)."""
+    return max(1, min(16, (os.cpu_count() or 1) - 1))
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def in_order(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
+    """`fn` of each item, run in `pool` with at most `ahead` items in flight (memory stays bounded), the
+    results in the items' order."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _check_frame(item: FrameInput) -> None:
+    item.read()
+    if item.truth is not None:
+        load_mask(item.truth)
+
+
 def check_frames(frames: list[FrameInput]) -> None:
     """Decode every frame (and mask) once before anything is created: a truncated or corrupt file then stops
     the command with its name, not a run halfway through. Decoding twice costs far less than inference."""
     if len(frames) > 50:
         log.info("checking %d frames", len(frames))
-    for item in frames:
-        item.read()
-        if item.truth is not None:
-            load_mask(item.truth)
+    with ThreadPoolExecutor(host_threads()) as pool:
+        for _ in pool.map(_check_frame, frames):        # the first bad file, in input order, raises
+            pass
 
 
 def check_output(output: Path, overwrite: bool) -> None:
@@ -183,38 +231,48 @@ class InferenceSession:
         return self.run_frames(image_frames(inputs, truths))
 
     def run_frames(self, inputs: list[FrameInput]) -> list[FileResult]:
+        """A pipeline: threads read and prepare the frames ahead of the network, which takes them a batch at a
+        time, and threads post-process and encode its outputs behind it; the files are written here, in order."""
         results: list[FileResult] = []
         progress = tqdm(total=len(inputs), desc="predict", unit="frame", file=sys.stderr,
                         disable=not sys.stderr.isatty())
-        for start in range(0, len(inputs), self.options.batch_size):
-            chunk = inputs[start:start + self.options.batch_size]
-            results += self._batch(chunk)
-            progress.update(len(chunk))
-        progress.close()
+        threads = host_threads()
+        ahead = 2 * max(threads, self.options.batch_size)
+        pool = ThreadPoolExecutor(threads)
+        try:
+            prepared = in_order(pool, self._prepare, inputs, ahead)
+            predicted = (one for chunk in chunks(prepared, self.options.batch_size) for one in self._predict(chunk))
+            for result, files in in_order(pool, self._encode, predicted, ahead):
+                self._write(result, files)
+                results.append(result)
+                progress.update(1)
+        finally:
+            pool.shutdown(cancel_futures=True)
+            progress.close()
         return results
 
-    def _batch(self, inputs: list[FrameInput]) -> list[FileResult]:
-        frames = [item.read() for item in inputs]
-        masks = [load_mask(item.truth) if item.truth is not None else None for item in inputs]
+    def _prepare(self, item: FrameInput) -> _Prepared:
+        frame = item.read()
+        truth = load_mask(item.truth) if item.truth is not None else None
+        if truth is not None and truth.shape != frame.shape:
+            truth = None
+            log.warning("%s: ground truth size differs from the image; left out", item.source)
+        return _Prepared(item, frame, truth, *self.predictor.prepare(frame))
+
+    def _predict(self, chunk: list[_Prepared]) -> list[tuple[_Prepared, np.ndarray, float]]:
         t0 = time.perf_counter()
-        predictions = self.predictor.predict(frames)
-        per_file = (time.perf_counter() - t0) / len(inputs)
-        results = []
-        for item, frame, prediction, truth in zip(inputs, frames, predictions, masks):
-            if truth is not None and truth.shape != frame.shape:
-                truth = None
-                log.warning("%s: ground truth size differs from the image; left out", item.source)
-            result = FileResult(item.source, item.name, prediction.probabilities, prediction.mask, prediction.fov,
-                                truth, per_file)
-            self._write(result, frame, item.extra)
-            results.append(result)
-        return results
+        probabilities = self.predictor.fov_probabilities([p.image for p in chunk], [p.fov for p in chunk])
+        per_file = (time.perf_counter() - t0) / len(chunk)
+        return [(p, probs, per_file) for p, probs in zip(chunk, probabilities)]
 
-    def _write(self, result: FileResult, frame: np.ndarray, extra: dict[str, Any]) -> None:
-        height, width = frame.shape
+    def _encode(self, predicted: tuple[_Prepared, np.ndarray, float]) -> tuple[FileResult, dict[str, tuple[str, bytes]]]:
+        """The frame's mask and result (with its metadata), and its PNGs by category: (file name, bytes)."""
+        p, probabilities, seconds = predicted
+        result = FileResult(p.item.source, p.item.name, self.predictor.mask(probabilities), p.fov, p.truth, seconds)
+        height, width = p.frame.shape
         result.metadata = {
             "source_path": str(result.source),
-            **extra,
+            **p.item.extra,
             "width": width,
             "height": height,
             "inference_seconds": round(result.seconds, 4),
@@ -226,10 +284,16 @@ class InferenceSession:
             "model_uri": redact_uri(self.options.model_uri),
             "mask": f"{layout.artifact_dir('outputs')}/{result.name}_mask.png",
         }
-        self.record.write_bytes("inputs", f"{result.name}.png", encode_png(frame))
-        self.record.write_bytes("outputs", f"{result.name}_mask.png", encode_png(result.mask))
-        self.record.write_bytes("comparisons", f"{result.name}.png",
-                                png_bytes(comparison(frame, result.mask, result.truth)))
+        return result, {
+            "inputs": (f"{result.name}.png", encode_png(p.frame)),
+            "outputs": (f"{result.name}_mask.png", encode_png(result.mask)),
+            "comparisons": (f"{result.name}.png", encode_png(comparison(p.frame, result.mask, result.truth))),
+        }
+
+    def _write(self, result: FileResult, files: dict[str, tuple[str, bytes]]) -> None:
+        """Here, not in the threads: the record's journal takes one writer."""
+        for category, (filename, data) in files.items():
+            self.record.write_bytes(category, filename, data)
         self.record.write_json("metadata", f"{result.name}.json", result.metadata)
 
     def finish(self, results: list[FileResult], extra: dict[str, Any] | None = None) -> dict[str, Any]:

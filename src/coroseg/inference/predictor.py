@@ -47,14 +47,23 @@ class Predictor:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def prepare(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A frame as read (float32 (H, W)) to its network input and boolean field of view, as in training."""
+        return prepare(frame, self.preprocessing)
+
     def predict(self, frames: list[np.ndarray]) -> list[Prediction]:
         """Frames as read (float32 (H, W), any sizes) to their predictions."""
-        prepared = [prepare(frame, self.preprocessing) for frame in frames]
+        prepared = [self.prepare(frame) for frame in frames]
         fovs = [fov for _, fov in prepared]
-        probabilities = self.probabilities([image for image, _ in prepared])
+        probabilities = self.fov_probabilities([image for image, _ in prepared], fovs)
+        return [Prediction(*outputs) for outputs in zip(probabilities, self.masks(probabilities), fovs)]
+
+    def fov_probabilities(self, images: list[np.ndarray], fovs: list[np.ndarray]) -> list[np.ndarray]:
+        """`probabilities`, set to 0 outside each frame's field of view."""
+        probabilities = self.probabilities(images)
         for probs, fov in zip(probabilities, fovs):
             probs[~fov] = 0.0
-        return [Prediction(*outputs) for outputs in zip(probabilities, self.masks(probabilities), fovs)]
+        return probabilities
 
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -78,4 +87,7 @@ class Predictor:
     def masks(self, probabilities: list[np.ndarray]) -> list[np.ndarray]:
         """Boolean vessel masks: the model's threshold, then its small-piece removal (chosen on validation at
         training time), each mask at its own size (the minimum piece is a fraction of that frame's area)."""
-        return [self.model.spec.postprocessing.mask(p) for p in probabilities]
+        return [self.mask(p) for p in probabilities]
+
+    def mask(self, probabilities: np.ndarray) -> np.ndarray:
+        return self.model.spec.postprocessing.mask(probabilities)

@@ -137,6 +137,7 @@ def _optimizer_and_schedule(config: TrainConfig, model: torch.nn.Module, steps_p
 OUTSIDE_FOV_LOGIT = -20.0
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
+BatchLoss = Callable[[torch.Tensor], torch.Tensor]     # a batch's uint8 records -> its training loss
 
 
 def compiled(config: TrainConfig, device: torch.device) -> bool:
@@ -145,20 +146,37 @@ def compiled(config: TrainConfig, device: torch.device) -> bool:
     return config.compile == "yes" or (config.compile == "auto" and device.type == "cuda")
 
 
-def _training_logits(model: SegmentationModel, compile_step: bool, world: World = SINGLE) -> Logits:
-    """The network's logits for training steps: compiled (for one batch shape) or as they are; under torchrun
-    through DDP, which averages the gradients over the world. On one GPU the compiled step is also captured as
-    CUDA graphs: one launch replays the step's hundreds of kernels, which the host otherwise queues one by one
-    slower than an H200 runs them (bench/gpu_profile.py). Not under DDP: its all-reduce runs outside graphs."""
+def _batch_loss(logits_of: Logits, augment: BatchAugmentation | None, loss_fn) -> BatchLoss:
+    """A training batch's loss from its records: the network's float inputs, the augmentation, the logits
+    (outside the field of view set to OUTSIDE_FOV_LOGIT) and the loss."""
+    def loss_of(records: torch.Tensor) -> torch.Tensor:
+        images, masks, fov = as_inputs(records)
+        if augment is not None:
+            images, masks, fov = augment(images, masks, fov)
+        return loss_fn(_fov_logits(logits_of, images, fov), masks)
+    return loss_of
+
+
+def _training_loss(model: SegmentationModel, compile_step: bool, augment: BatchAugmentation | None, loss_fn,
+                   world: World = SINGLE) -> BatchLoss:
+    """The training step's loss function, with the network compiled (for one batch shape) or as it is; under
+    torchrun the network runs through DDP, which averages the gradients over the world. On one GPU the compiled
+    network is also captured as CUDA graphs: one launch replays its hundreds of kernels, which the host
+    otherwise queues one by one slower than an H200 runs them (bench/gpu_profile.py). Not under DDP: its
+    all-reduce runs outside graphs. (Compiling the whole step, augmentation and loss included, is
+    gpu_profile.py's `wholestep` candidate, not yet measured on a GPU.)"""
     device = next(model.parameters()).device
     if compile_step:
         model.to(memory_format=torch.channels_last)       # before DDP, which lays out its buckets by the weights
     forward = distributed.data_parallel(model, device) if world.distributed else model.logits
-    if not compile_step:
-        return forward
-    graphs = device.type == "cuda" and not world.distributed
-    step = torch.compile(forward, dynamic=False, mode="reduce-overhead" if graphs else None)
-    return lambda images: step(images.contiguous(memory_format=torch.channels_last))
+    if compile_step:
+        graphs = device.type == "cuda" and not world.distributed
+        forward = _channels_last(torch.compile(forward, dynamic=False, mode="reduce-overhead" if graphs else None))
+    return _batch_loss(forward, augment, loss_fn)
+
+
+def _channels_last(forward: Logits) -> Logits:
+    return lambda images: forward(images.contiguous(memory_format=torch.channels_last))
 
 
 def _fov_logits(logits_of: Logits, images: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
@@ -197,9 +215,8 @@ def _shard(count: int, config: TrainConfig, epoch: int, world: World) -> torch.T
     return torch.tensor(list(sampler), dtype=torch.long)
 
 
-def _train_epoch(logits_of: Logits, whole_only: bool, model, source, frames: Frames, config, optimizer, schedule,
-                 augment, loss_fn, device, epoch, stop: StopCheck | None = None,
-                 world: World = SINGLE) -> tuple[float, int]:
+def _train_epoch(loss_of: BatchLoss, whole_only: bool, model, source, frames: Frames, config, optimizer, schedule,
+                 device, epoch, stop: StopCheck | None = None, world: World = SINGLE) -> tuple[float, int]:
     """The mean training loss and the number of frames trained on (over the world). The loss stays on the
     device until the epoch ends: a per-step `.item()` would make the host wait for every step."""
     model.train()
@@ -208,10 +225,7 @@ def _train_epoch(logits_of: Logits, whole_only: bool, model, source, frames: Fra
     progress = tqdm(zip(batches, source.read(frames, batches)), total=len(batches), unit="batch", leave=False,
                     desc=f"epoch {epoch}/{config.epochs}", file=sys.stderr, disable=not sys.stderr.isatty())
     for idx, records in progress:
-        images, masks, fov = as_inputs(records)
-        if augment is not None:
-            images, masks, fov = augment(images, masks, fov)
-        loss = loss_fn(_fov_logits(logits_of, images, fov), masks)
+        loss = loss_of(records)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -360,11 +374,11 @@ def train(
         torch.backends.cudnn.benchmark = True   # every batch has one shape: time cuDNN's algorithms once, keep the best
     model.to(device)
     compile_step = compiled(config, device)
-    logits_of = _training_logits(model, compile_step, world)
-    steps = len(_batches(len(data.train), config, 1, compile_step, world))
-    optimizer, schedule = _optimizer_and_schedule(config, model, steps)
     augment = BatchAugmentation().to(device) if config.augment else None
     loss_fn = build_loss(config.loss)
+    loss_of = _training_loss(model, compile_step, augment, loss_fn, world)
+    steps = len(_batches(len(data.train), config, 1, compile_step, world))
+    optimizer, schedule = _optimizer_and_schedule(config, model, steps)
     source = frame_source(data.train.file, device, config.loader_workers)     # val's frames are in the same file
     # Under torchrun the vessel metrics too run in a process of their own: there MONAI's metrics, which gather
     # from every rank once a process group exists, see rank 0's frames only, as meant.
@@ -379,9 +393,8 @@ def train(
             if result.stopped_early:
                 break
             t0 = time.perf_counter()
-            train_loss, seen = _train_epoch(logits_of, compile_step, model, source, data.train, config, optimizer,
-                                            schedule, augment, loss_fn, device, epoch,
-                                            None if world.distributed else stop, world)
+            train_loss, seen = _train_epoch(loss_of, compile_step, model, source, data.train, config, optimizer,
+                                            schedule, device, epoch, None if world.distributed else stop, world)
             t_train = time.perf_counter() - t0
             val_loss, val_dice, probabilities = _validate_world(model, source, data.val, config, loss_fn, world)
             epoch_result = EpochResult(epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"],

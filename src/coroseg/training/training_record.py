@@ -13,6 +13,7 @@ import torch
 
 from coroseg.config import TrainConfig, to_yaml
 from coroseg.data.dataset import TrainingData
+from coroseg.data.imageio import encode_png
 from coroseg.model_spec import ModelSpec
 from coroseg.models import SegmentationModel, parameter_count
 from coroseg.training.checkpoint import sha256, weights_bytes
@@ -24,7 +25,7 @@ from coroseg.tracking.base import DatasetRef
 from coroseg.tracking.environment import environment_params
 from coroseg.tracking.record import RunRecord, markdown_rows, markdown_table, to_csv
 from coroseg.tracking.redact import redact_uri
-from coroseg.visualize import comparison, png_bytes, training_curves
+from coroseg.visualize import comparison, training_curves
 
 THRESHOLD = 0.5                      # of the per-epoch previews; the model's own is chosen on validation
 
@@ -150,7 +151,7 @@ class TrainingRecord:
         self.record.write_text("epoch_summary", "summary.md", f"# Epoch {e}\n\n" + markdown_table(metrics), e)
         for name, image, mask, probs in zip(preview.names, preview.images, preview.masks, preview.probabilities):
             path = self.record.write_bytes("epoch_predictions", f"{name}.png",
-                                           png_bytes(comparison(image, probs > THRESHOLD, mask)), e)
+                                           encode_png(comparison(image, probs > THRESHOLD, mask)), e)
             self.tracker.log_image(path, f"overlay_{name}", e)     # the UI's step slider shows the progress
         self.record.write_bytes("curves", "training_curves.png", training_curves([asdict(h) for h in history]), e)
         self.record.write_text("epoch_log", "epoch.log", self.logs.take_epoch(), e)
