@@ -1,8 +1,10 @@
 """Quality benchmark (not a test): K-fold cross-validation of a training recipe on real angiograms,
 with and without synthetic pretraining. Prints Dice, clDice, HD95 (mean +- sd over folds) and wall time.
 
-Each fold's model predicts its validation frames at their original size (as `coroseg predict` does) and is
-scored with coroseg's evaluation metrics. The loop and predictor are driven directly (no MLflow), so it
+Each fold is trained as `coroseg train` trains on the fold's training frames: it splits off its own validation
+frames (`val_fraction`), where the best epoch, the early stop and the post-processing are chosen; the fold's
+held-out frames are used for scoring alone (choosing on them too would make the scores optimistic). Its model
+predicts them at their original size (as `coroseg predict` does) and is scored with coroseg's evaluation metrics. The loop and predictor are driven directly (no MLflow), so it
 runs on a bare GPU machine with torch, MONAI and kornia (bench/gpu.sh) as well as on a CPU:
 
     .venv/bin/python bench/quality_cv.py --data ../shared/data/cimat40_train --device cpu --epochs 20
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 from coroseg.config import TrainConfig
-from coroseg.data.dataset import load_training_data
+from coroseg.data.dataset import TrainingData, load_training_data, split_indices
 from coroseg.data.imageio import read_gray
 from coroseg.data.pairs import find_pairs, load_mask
 from coroseg.evaluation.metrics import image_metrics, mean_metrics
@@ -62,6 +64,14 @@ def fit(config: TrainConfig, data, device, init: dict | None, **train_options):
         model.load_state_dict(init)
     result = train(config, data, model, device, Quiet(), **train_options)
     return best_model(model, result), result
+
+
+def as_trained(data: TrainingData, config: TrainConfig) -> TrainingData:
+    """A fold as `coroseg train` would use its training frames: its own validation split of them, where the best
+    epoch, the early stop and the post-processing are chosen. The fold's held-out frames (`data.val`) are
+    left for scoring alone: chosen on them too, the scores would be optimistic."""
+    train_idx, val_idx = split_indices(len(data.train), config.val_fraction, config.seed)
+    return replace(data, train=data.train.subset(train_idx), val=data.train.subset(val_idx))
 
 
 def seen_by_start(config: TrainConfig) -> bool:
@@ -110,7 +120,7 @@ def cross_validate(config: TrainConfig, device, init: dict | None) -> tuple[dict
     pairs_by_name = {p.image.name: p for p in find_pairs(config.data)}
     folds: dict[bool, list[dict]] = {False: [], True: []}
     for i, data in enumerate(load_training_data(config), 1):
-        model, result = fit(config, data, device, init)
+        model, result = fit(config, as_trained(data, config), device, init)
         for tta in folds:
             folds[tta].append(mean_metrics(score_fold(model, config, result, device, pairs_by_name,
                                                       data.val.names, tta)))

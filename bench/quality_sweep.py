@@ -4,8 +4,10 @@ Prints one table of out-of-fold Dice, clDice, HD95 (mean +- sd over folds), with
 
 A lever is the default recipe (TrainConfig's defaults) with a few overrides (LEVERS below). Every (data set,
 lever, fold) is one job; the jobs run in parallel worker processes sharing the one device (small networks leave
-most of a GPU idle), each fold trained by the loop directly and scored on its validation frames at their
-original size as `coroseg predict` does (bench/quality_cv.py's fit and score_fold). Jobs start fold-major
+most of a GPU idle), each fold trained by the loop directly as `coroseg train` trains on the fold's training
+frames (its own validation split chooses the best epoch and the post-processing: quality_cv.py's as_trained)
+and scored on its held-out frames at their original size as `coroseg predict` does (quality_cv.py's
+score_fold). Jobs start fold-major
 (every lever's fold 1, then fold 2, ...; "default" first), so a --max-seconds limit still leaves comparable
 partial results. Synthetic pretraining (quality_cv.py's pretrain) runs once per distinct recipe, as a job of its
 own, before the folds that start from it. results.json (in --out) is rewritten after every job.
@@ -39,7 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality_cv import fit, mean_sd, pretrain, score_fold, seen_by_start  # noqa: E402 - the bench's own training and scoring
+from quality_cv import as_trained, fit, mean_sd, pretrain, score_fold, seen_by_start  # noqa: E402 - the bench's own training and scoring
 
 from coroseg.config import TrainConfig  # noqa: E402
 from coroseg.data.dataset import load_training_data  # noqa: E402
@@ -66,6 +68,7 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "pretrain_fold": {"pretrain": "fold"},    # pretrained on the fold's own training frames (fold_job)
     "scratch": {"init": None},                # random start (the default before the built-in arcade-v1)
     "lr1e-3": {"learning_rate": 1e-3},
+    "nostop": {"patience": TrainConfig().epochs},   # no early stop: every epoch of the schedule, best one kept
     "combo": {"width": 32, "epochs": 160, "patience": 50, "image_size": NATIVE},
 }
 DATA_FIELDS = ("data", "data_format", "mask_classes", "synthetic_count", "synthetic_size", "val_fraction", "folds",
@@ -107,10 +110,11 @@ def fold_job(config: TrainConfig, fold: int, init_path: str | None, fold_pretrai
     pairs = _cached(config.data, lambda: {p.image.name: p for p in find_pairs(config.data)})
     init = None if init_path is None else _cached(init_path, lambda: torch.load(init_path, map_location="cpu"))
     t0 = time.perf_counter()
+    trained = as_trained(data, config)              # data.val: the held-out frames, for scoring alone
     if fold_pretrain_epochs:
         first = replace(config, **{**PRETRAIN_SHARED, "epochs": fold_pretrain_epochs, "init": None})
-        init = copy.deepcopy(fit(first, data, device, None, **_train_options())[0].state_dict())
-    model, result = fit(config, data, device, init, **_train_options())
+        init = copy.deepcopy(fit(first, trained, device, None, **_train_options())[0].state_dict())
+    model, result = fit(config, trained, device, init, **_train_options())
     scores = {tta: mean_metrics(score_fold(model, config, result, device, pairs, data.val.names, tta == "yes"))
               for tta in ("no", "yes")}
     return {"scores": {tta: {m: s[m] for m in METRICS} for tta, s in scores.items()},
