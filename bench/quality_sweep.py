@@ -171,7 +171,7 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
                                       "path": str(weights_dir / f"pretrained_{name}.pt")}
                 init = pretrains[key]["path"]
             text = ", ".join(f"{k}={v}" for k, v in LEVERS[lever].items()).replace(NATIVE, str(native))
-            for fold in range(args.folds):
+            for fold in args.only_folds or range(args.folds):
                 folds.append({"dataset": folder.name, "lever": lever, "overrides": text or "-", "fold": fold,
                               "config": config, "init": init,
                               "fold_pretrain": args.pretrain_epochs if wants_pretrain == "fold" else 0})
@@ -202,6 +202,8 @@ def main() -> None:
                         default=[Path("../shared/data/cimat40_train"), Path("../shared/data/arcade_syntax_val200")])
     parser.add_argument("--levers", nargs="+", choices=list(LEVERS), default=list(LEVERS))
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--only-folds", type=lambda v: int(v) - 1, nargs="+", metavar="K",
+                        help="run only these folds (1-based) of the --folds: a long sweep in parts")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, help="parallel trainings (default: 4 on CUDA, 1 on a CPU)")
     parser.add_argument("--max-seconds", type=float, default=float("inf"), help="start no job after this")

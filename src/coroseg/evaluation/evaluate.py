@@ -63,8 +63,8 @@ def run_evaluation(options: InferenceOptions, data: str, data_format: str = "aut
         session.log_params([p.image for p in pairs], {"data": str(data)})
         session.tracker.log_dataset(dataset, "evaluation", str(Path(scan.folder).resolve()),
                                     {"frames": len(pairs), "format": scan.format})
-        results = session.run([p.image for p in pairs], [p.mask for p in pairs])
-        rows = [{"image": r.name, **image_metrics(r.mask, r.truth, r.fov)} for r in results]
+        results = session.run([p.image for p in pairs], [p.mask for p in pairs], measure=image_metrics)
+        rows = [{"image": r.name, **r.scores} for r in results]
         means = mean_metrics(rows)
         session.tracker.log_metrics(means, model_id=model.model_id, dataset=dataset)   # on the model's page too
         session.record.write_text("per_image_metrics", "metrics.csv", to_csv(rows))

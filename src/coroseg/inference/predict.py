@@ -67,13 +67,18 @@ class FrameInput:
 
 @dataclass
 class FileResult:
+    """What stays of a predicted frame once its files are written: its metadata and, when measured, its scores
+    (the masks themselves are not kept, so memory does not grow with the number of frames)."""
+
     source: Path
     name: str
-    mask: np.ndarray
-    fov: np.ndarray
-    truth: np.ndarray | None
     seconds: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+# A frame's scores from its predicted mask, its ground truth and its field of view (evaluation.metrics).
+Measure = Callable[[np.ndarray, "np.ndarray | None", np.ndarray], dict[str, float]]
 
 
 @dataclass
@@ -226,13 +231,15 @@ class InferenceSession:
             **environment_params(self.env),
         })
 
-    def run(self, inputs: list[Path], truths: list[MaskSource | None]) -> list[FileResult]:
-        """Predict on image files, each with its mask when there is one."""
-        return self.run_frames(image_frames(inputs, truths))
+    def run(self, inputs: list[Path], truths: list[MaskSource | None],
+            measure: Measure | None = None) -> list[FileResult]:
+        """Predict on image files, each with its mask when there is one; `measure` scores each frame."""
+        return self.run_frames(image_frames(inputs, truths), measure)
 
-    def run_frames(self, inputs: list[FrameInput]) -> list[FileResult]:
+    def run_frames(self, inputs: list[FrameInput], measure: Measure | None = None) -> list[FileResult]:
         """A pipeline: threads read and prepare the frames ahead of the network, which takes them a batch at a
-        time, and threads post-process and encode its outputs behind it; the files are written here, in order."""
+        time, and threads post-process, score (`measure`) and encode its outputs behind it; the files are
+        written here, in order."""
         results: list[FileResult] = []
         progress = tqdm(total=len(inputs), desc="predict", unit="frame", file=sys.stderr,
                         disable=not sys.stderr.isatty())
@@ -242,7 +249,7 @@ class InferenceSession:
         try:
             prepared = in_order(pool, self._prepare, inputs, ahead)
             predicted = (one for chunk in chunks(prepared, self.options.batch_size) for one in self._predict(chunk))
-            for result, files in in_order(pool, self._encode, predicted, ahead):
+            for result, files in in_order(pool, partial(self._encode, measure=measure), predicted, ahead):
                 self._write(result, files)
                 results.append(result)
                 progress.update(1)
@@ -265,10 +272,13 @@ class InferenceSession:
         per_file = (time.perf_counter() - t0) / len(chunk)
         return [(p, probs, per_file) for p, probs in zip(chunk, probabilities)]
 
-    def _encode(self, predicted: tuple[_Prepared, np.ndarray, float]) -> tuple[FileResult, dict[str, tuple[str, bytes]]]:
-        """The frame's mask and result (with its metadata), and its PNGs by category: (file name, bytes)."""
+    def _encode(self, predicted: tuple[_Prepared, np.ndarray, float],
+                measure: Measure | None) -> tuple[FileResult, dict[str, tuple[str, bytes]]]:
+        """The frame's result (metadata, scores) and its PNGs by category: (file name, bytes)."""
         p, probabilities, seconds = predicted
-        result = FileResult(p.item.source, p.item.name, self.predictor.mask(probabilities), p.fov, p.truth, seconds)
+        mask = self.predictor.mask(probabilities)
+        result = FileResult(p.item.source, p.item.name, seconds,
+                            scores=measure(mask, p.truth, p.fov) if measure is not None else {})
         height, width = p.frame.shape
         result.metadata = {
             "source_path": str(result.source),
@@ -276,8 +286,8 @@ class InferenceSession:
             "width": width,
             "height": height,
             "inference_seconds": round(result.seconds, 4),
-            "vessel_fraction": float(result.mask.mean()),
-            "field_of_view_fraction": float(result.fov.mean()),
+            "vessel_fraction": float(mask.mean()),
+            "field_of_view_fraction": float(p.fov.mean()),
             "threshold": self.model.spec.postprocessing.threshold,
             "min_component_fraction": self.model.spec.postprocessing.min_component_fraction,
             "resolution": self.predictor.resolution,
@@ -286,8 +296,8 @@ class InferenceSession:
         }
         return result, {
             "inputs": (f"{result.name}.png", encode_png(p.frame)),
-            "outputs": (f"{result.name}_mask.png", encode_png(result.mask)),
-            "comparisons": (f"{result.name}.png", encode_png(comparison(p.frame, result.mask, result.truth))),
+            "outputs": (f"{result.name}_mask.png", encode_png(mask)),
+            "comparisons": (f"{result.name}.png", encode_png(comparison(p.frame, mask, p.truth))),
         }
 
     def _write(self, result: FileResult, files: dict[str, tuple[str, bytes]]) -> None:
