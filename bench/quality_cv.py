@@ -4,7 +4,8 @@ with and without synthetic pretraining. Prints Dice, clDice, HD95 (mean +- sd ov
 Each fold is trained as `coroseg train` trains on the fold's training frames: it splits off its own validation
 frames (`val_fraction`), where the best epoch, the early stop and the post-processing are chosen; the fold's
 held-out frames are used for scoring alone (choosing on them too would make the scores optimistic). Its model
-predicts them at their original size (as `coroseg predict` does) and is scored with coroseg's evaluation metrics. The loop and predictor are driven directly (no MLflow), so it
+predicts them at their original size (as `coroseg predict` does) and is scored with coroseg's evaluation
+metrics. The loop and predictor are driven directly (no MLflow), so it
 runs on a bare GPU machine with torch, MONAI and kornia (bench/gpu.sh) as well as on a CPU:
 
     .venv/bin/python bench/quality_cv.py --data ../shared/data/cimat40_train --device cpu --epochs 20

@@ -78,7 +78,7 @@ class FileResult:
 
 
 # A frame's scores from its predicted mask, its ground truth and its field of view (evaluation.metrics).
-Measure = Callable[[np.ndarray, "np.ndarray | None", np.ndarray], dict[str, float]]
+Measure = Callable[[np.ndarray, np.ndarray | None, np.ndarray], dict[str, float]]
 
 
 @dataclass
