@@ -71,7 +71,7 @@ class TrainTiming:
 
 
 def time_training(tmp: Path, data: Path, image_size: int, epochs: int, tracking: bool) -> TrainTiming:
-    config = resolve(None, data=str(data), model_family=FAMILY, image_size=image_size, epochs=epochs,
+    config = resolve(None, data=str(data), folds=1, model_family=FAMILY, image_size=image_size, epochs=epochs,
                      batch_size=BATCH_SIZE, patience=epochs, device="cpu", tracking=tracking,
                      tracking_uri=store_uri(tmp), output_dir=str(tmp / "records"),
                      run_name=f"bench-{image_size}-{'on' if tracking else 'off'}")

@@ -17,43 +17,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality_cv import fit, leak_refused, mean_sd  # noqa: E402 - the bench's own training and format
+from quality_cv import as_coroseg_trains, leak_refused, mean_sd, score_fold  # noqa: E402 - the bench's own
 
 from coroseg.config import TrainConfig  # noqa: E402
-from coroseg.data.dataset import TrainingData, all_frames, fold_indices  # noqa: E402
-from coroseg.data.imageio import read_gray  # noqa: E402
-from coroseg.data.pairs import find_pairs, load_mask  # noqa: E402
-from coroseg.evaluation.metrics import image_metrics, mean_metrics  # noqa: E402
-from coroseg.inference.model_loading import LoadedModel  # noqa: E402
-from coroseg.inference.predictor import Predictor  # noqa: E402
+from coroseg.data.dataset import load_training_data  # noqa: E402
+from coroseg.data.pairs import find_pairs  # noqa: E402
+from coroseg.evaluation.metrics import mean_metrics  # noqa: E402
 from coroseg.model_spec import ModelSpec  # noqa: E402
-from coroseg.models import Ensemble  # noqa: E402
-from coroseg.training.postprocess import choose_postprocessing  # noqa: E402
-
-
-def score(module, spec: ModelSpec, device, frames: list[np.ndarray], truths: list[np.ndarray], tta: bool) -> dict:
-    predictor = Predictor(LoadedModel(module.to(device).eval(), spec, "in-memory"), batch_size=8, tta=tta)
-    return mean_metrics([image_metrics(p.mask, t, p.fov) for p, t in zip(predictor.predict(frames), truths)])
-
-
-def outer_fold(config: TrainConfig, frames, outer_train: np.ndarray, inner: int, device, source: str):
-    """The inner cross-validation on `outer_train`: its fold models, results and out-of-fold choice."""
-    sub = frames.subset(outer_train)
-    models, results = [], []
-    for train_idx, val_idx in fold_indices(len(outer_train), inner, config.seed):
-        data = TrainingData(sub.subset(train_idx), sub.subset(val_idx), source, "", np.zeros((1, 1), np.uint8))
-        model, result = fit(config, data, device, None)
-        models.append(model.cpu())
-        results.append((result, data.val.masks()))
-    choice = choose_postprocessing(torch.cat([r.best_val_probabilities for r, _ in results]),
-                                   np.concatenate([m for _, m in results]))
-    return models, [r for r, _ in results], choice
 
 
 def main() -> None:
@@ -62,7 +38,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--outer", type=int, default=4)
     parser.add_argument("--inner", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=TrainConfig().epochs)
+    parser.add_argument("--epochs", type=int, help="each inner fold's (default: auto, as coroseg train's folds)")
     parser.add_argument("--image-size", type=int, default=TrainConfig().image_size)
     parser.add_argument("--no-tta", dest="tta", action="store_false",
                         help="score without test-time flips (coroseg predict's default is with them)")
@@ -70,30 +46,26 @@ def main() -> None:
                         help="the start of every training (auto: the built-in one where it fits, as train)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    config = TrainConfig(data=str(args.data), epochs=args.epochs, image_size=args.image_size, device=args.device,
-                         tracking=False, init=args.init)
+    config = TrainConfig(data=str(args.data), folds=args.inner, epochs=args.epochs, image_size=args.image_size,
+                         device=args.device, tracking=False, init=args.init)
     leak_refused(config)
-    frames = all_frames(config)
-    names = frames.names
+    outer = load_training_data(replace(config, folds=args.outer))
     pairs = {p.image.name: p for p in find_pairs(args.data)}
     started = time.perf_counter()
     scores: dict[str, list[dict]] = {"best fold": [], "ensemble": []}
-    for k, (outer_train, held_out) in enumerate(fold_indices(len(names), args.outer, config.seed), 1):
-        models, results, choice = outer_fold(config, frames, outer_train, args.inner, device, str(args.data))
-        best = int(np.argmax([r.best_val_dice for r in results]))
-        test = [pairs[names[i]] for i in held_out]
-        test_frames, truths = [read_gray(p.image) for p in test], [load_mask(p.mask) for p in test]
-        best_spec = ModelSpec.of_training(config, results[best].postprocessing.chosen)
-        scores["best fold"].append(score(models[best], best_spec, device, test_frames, truths, args.tta))
-        ensemble_spec = ModelSpec.of_training(config, choice.chosen, members=len(models))
-        scores["ensemble"].append(score(Ensemble(models), ensemble_spec, device, test_frames, truths, args.tta))
-        print(f"  outer fold {k}: {len(held_out)} held-out frames; best fold Dice "
+    for k, data in enumerate(outer, 1):
+        trained = as_coroseg_trains(config, data, device, None)     # the inner folds and their ensemble
+        model, result = max(trained.members, key=lambda member: member[1].best_val_dice)
+        best_spec = ModelSpec.of_training(config, result.postprocessing.chosen)
+        for label, (module, spec) in (("best fold", (model, best_spec)), ("ensemble", (trained.model, trained.spec))):
+            scores[label].append(mean_metrics(score_fold(module, spec, device, pairs, data.val.names, args.tta)))
+        print(f"  outer fold {k}: {len(data.val)} held-out frames; best fold Dice "
               f"{scores['best fold'][-1]['dice']:.4f}, ensemble Dice {scores['ensemble'][-1]['dice']:.4f}",
               flush=True)
     seconds = time.perf_counter() - started
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"\nnested cross-validation on {args.data.name} ({len(names)} frames): {args.outer} outer folds x "
-          f"{args.inner} inner folds, {args.epochs} epochs, {args.image_size} px, test-time flips "
+    print(f"\nnested cross-validation on {args.data.name} ({sum(len(d.val) for d in outer)} frames): {args.outer} "
+          f"outer folds x {args.inner} inner folds, {args.epochs or 'auto'} epochs, {args.image_size} px, test-time flips "
           f"{'on' if args.tta else 'off'}, {name}, {seconds:.0f} s")
     print("| model | Dice | clDice | HD95 (px) |\n| --- | --- | --- | --- |")
     for label, scored in scores.items():

@@ -56,7 +56,7 @@ def timed(fn, device: torch.device, repeats: int) -> float:
 class Setup:
     def __init__(self, args) -> None:
         self.device = torch.device(args.device)
-        self.config = TrainConfig(data=str(args.data), image_size=args.image_size, width=args.width,
+        self.config = TrainConfig(data=str(args.data), folds=1, image_size=args.image_size, width=args.width,
                                   batch_size=args.batch_size, epochs=1000, device=args.device, tracking=False)
         data = load_training_data(self.config)[0]
         torch.backends.cudnn.benchmark = self.device.type == "cuda"

@@ -76,7 +76,7 @@ def main() -> None:
     uri = f"sqlite:///{args.work.resolve()}/mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     common = ["--device", args.device, "--tracking-uri", uri]
-    out, train_wall = run(["train", "--data", str(args.data), "--image-size", str(args.image_size),
+    out, train_wall = run(["train", "--data", str(args.data), "--folds", "1", "--image-size", str(args.image_size),
                            "--width", str(args.width), "--batch-size", str(args.batch_size), "--epochs",
                            str(args.epochs), "--patience", str(args.epochs), "--compile", args.compile,
                            "--output-dir", str(args.work / "runs"), "--experiment", "gpu-speed", *common], env,

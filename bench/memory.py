@@ -57,8 +57,9 @@ def replicate(data: Path, copies: int, into: Path) -> Path:
 
 def train(folder: Path, work: Path, args) -> dict:
     env = {**os.environ, "COROSEG_CACHE_DIR": str(work / "cache"), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    command = [sys.executable, "-c", RUNNER, "train", "--data", str(folder), "--epochs", str(args.epochs),
-               "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}", "--output-dir", str(work / "runs"), *args.extra]
+    command = [sys.executable, "-c", RUNNER, "train", "--data", str(folder), "--folds", "1",
+               "--epochs", str(args.epochs), "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}",
+               "--output-dir", str(work / "runs"), *args.extra]
     started = time.perf_counter()
     done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
     wall = time.perf_counter() - started

@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.out.exists():
         sys.exit(f"{args.out}: already exists; choose a new --out")
-    config = replace(TrainConfig(), init=None, device="cpu")
+    config = replace(TrainConfig(), init=None, device="cpu", patience=25)   # arcade-v1's (the default of its time)
     t0 = time.perf_counter()
     if args.from_state:
         state = torch.load(args.from_state, map_location="cpu", weights_only=True)

@@ -5,7 +5,8 @@ Prints one table of out-of-fold Dice, clDice, HD95 (mean +- sd over folds), with
 A lever is the default recipe (TrainConfig's defaults) with a few overrides (LEVERS below). Every (data set,
 lever, fold) is one job; the jobs run in parallel worker processes sharing the one device (small networks leave
 most of a GPU idle), each fold trained by the loop directly as `coroseg train` trains on the fold's training
-frames (its own validation split chooses the best epoch and the post-processing: quality_cv.py's as_trained)
+frames (one split of its own, or on a small set its own folds and their ensemble, as `--folds auto`; the best
+epochs and the post-processing are chosen on those validation frames: quality_cv.py's as_coroseg_trains)
 and scored on its held-out frames at their original size as `coroseg predict` does (quality_cv.py's
 score_fold). Jobs start fold-major
 (every lever's fold 1, then fold 2, ...; "default" first), so a --max-seconds limit still leaves comparable
@@ -41,9 +42,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality_cv import as_trained, fit, mean_sd, pretrain, score_fold, seen_by_start  # noqa: E402 - the bench's own training and scoring
+from quality_cv import (as_coroseg_trains, as_trained, fit, mean_sd, pretrain, score_fold,  # noqa: E402 - the bench's own
+                        seen_by_start)
 
-from coroseg.config import TrainConfig  # noqa: E402
+from coroseg.config import TrainConfig, epoch_schedule, fold_count  # noqa: E402
 from coroseg.data.dataset import load_training_data  # noqa: E402
 from coroseg.data.imageio import read_gray  # noqa: E402
 from coroseg.data.pairs import find_pairs  # noqa: E402
@@ -57,6 +59,8 @@ from coroseg.training.initial_weights import resolved_init  # noqa: E402
 NATIVE = "native"
 LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fold starts from pretrained weights
     "default": {},
+    "single": {"folds": 1},                   # one split where the default trains a fold ensemble (small sets)
+    "single_epochs80": {"folds": 1, "epochs": 80, "patience": 25},   # one split, the default before --folds auto
     "width32": {"width": 32},
     "epochs160": {"epochs": 160, "patience": 50},
     "native": {"image_size": NATIVE},
@@ -66,15 +70,18 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "pretrain_real_epochs160": {"pretrain": "real", "epochs": 160, "patience": 50},
     "pretrain_real_lr1e-3": {"pretrain": "real", "learning_rate": 1e-3},
     "pretrain_fold": {"pretrain": "fold"},    # pretrained on the fold's own training frames (fold_job)
+    "pretrain_fold_epochs160": {"pretrain": "fold", "epochs": 160, "patience": 50},
     "scratch": {"init": None},                # random start (the default before the built-in arcade-v1)
     "lr1e-3": {"learning_rate": 1e-3},
-    "nostop": {"patience": TrainConfig().epochs},   # no early stop: every epoch of the schedule, best one kept
+    "nostop": {"patience": 10_000},           # no early stop: every epoch of the schedule, best one kept
     "combo": {"width": 32, "epochs": 160, "patience": 50, "image_size": NATIVE},
 }
 DATA_FIELDS = ("data", "data_format", "mask_classes", "synthetic_count", "synthetic_size", "val_fraction", "folds",
                "image_size", "field_of_view", "clahe", "seed")   # what load_training_data depends on
 METRICS = ("dice", "cldice", "hd95")
-PRETRAIN_SHARED = {name: getattr(TrainConfig(), name) for name in ("epochs", "patience", "learning_rate")}
+# A fold's pretraining (pretrain_fold) is arcade-v1's recipe: the default of its time, 80 epochs (replaced by
+# --pretrain-epochs) with patience 25.
+PRETRAIN_SHARED = {"epochs": 80, "patience": 25, "learning_rate": TrainConfig().learning_rate}
 _cache: dict = {}                  # per worker: folds per data config, pairs per folder, pretrained weights
 
 
@@ -101,24 +108,46 @@ def pretrain_job(config: TrainConfig, count: int, epochs: int, source: str, path
     return {"path": path, "seconds": time.perf_counter() - t0}
 
 
-def fold_job(config: TrainConfig, fold: int, init_path: str | None, fold_pretrain_epochs: int = 0) -> dict:
+def fold_job(config: TrainConfig, outer: int, fold: int, init_path: str | None, fold_pretrain_epochs: int = 0,
+             fold_pretrain_path: str | None = None) -> dict:
     """One fold trained and scored; `fold_pretrain_epochs` > 0 first trains the default recipe that long on the
     fold's own training frames and starts from its weights (the out-of-fold measure of starting a data set's
-    training from weights pretrained on that same set)."""
+    training from weights pretrained on that same set), kept in `fold_pretrain_path` for later sweeps."""
     device = torch.device(config.device)
-    data = _cached(tuple(getattr(config, f) for f in DATA_FIELDS), lambda: load_training_data(config))[fold]
+    split = replace(config, folds=outer)            # the outer folds; config.folds is the recipe's own (auto)
+    data = _cached(tuple(getattr(split, f) for f in DATA_FIELDS), lambda: load_training_data(split))[fold]
     pairs = _cached(config.data, lambda: {p.image.name: p for p in find_pairs(config.data)})
     init = None if init_path is None else _cached(init_path, lambda: torch.load(init_path, map_location="cpu"))
     t0 = time.perf_counter()
-    trained = as_trained(data, config)              # data.val: the held-out frames, for scoring alone
     if fold_pretrain_epochs:
-        first = replace(config, **{**PRETRAIN_SHARED, "epochs": fold_pretrain_epochs, "init": None})
-        init = copy.deepcopy(fit(first, trained, device, None, **_train_options())[0].state_dict())
-    model, result = fit(config, trained, device, init, **_train_options())
-    scores = {tta: mean_metrics(score_fold(model, config, result, device, pairs, data.val.names, tta == "yes"))
+        init = _fold_pretrained(config, as_trained(data, config), device, fold_pretrain_epochs, fold_pretrain_path)
+    trained = as_coroseg_trains(config, data, device, init, **_train_options())   # data.val: held out, scored
+    scores = {tta: mean_metrics(score_fold(trained.model, trained.spec, device, pairs, data.val.names, tta == "yes"))
               for tta in ("no", "yes")}
     return {"scores": {tta: {m: s[m] for m in METRICS} for tta, s in scores.items()},
-            "seconds": time.perf_counter() - t0, "best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+            "seconds": time.perf_counter() - t0, "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run,
+            "networks": trained.spec.members}
+
+
+def _fold_pretrained(config: TrainConfig, trained, device: torch.device, epochs: int, path: str | None) -> dict:
+    """The fold's pretrained weights: read from `path` when an earlier sweep made them, else trained (and kept)."""
+    if path and Path(path).is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    first = replace(config, **{**PRETRAIN_SHARED, "epochs": epochs, "init": None})
+    state = copy.deepcopy(fit(first, trained, device, None, **_train_options())[0].state_dict())
+    if path:
+        torch.save(state, path + ".tmp")
+        Path(path + ".tmp").replace(path)
+    return state
+
+
+def fold_pretrain_path(weights_dir: Path, config: TrainConfig, epochs: int, fold: int) -> str:
+    """Named by what the fold's pretraining depends on: the data, the default recipe's fit, its epochs."""
+    first = replace(config, **{**PRETRAIN_SHARED, "epochs": epochs, "init": None})
+    keep = {f: getattr(first, f) for f in (*DATA_FIELDS, *PRETRAIN_SHARED, "width", "model_family", "loss",
+                                            "batch_size", "weight_decay", "device")}
+    name = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return str(weights_dir / f"fold_pretrained_{name}_{fold + 1}.pt")
 
 
 def native_side(folder: Path) -> int:
@@ -136,10 +165,14 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
     folds, notes = [], []
     for folder in args.data:
         native = native_side(folder)
-        base = TrainConfig(data=str(folder), folds=args.folds, device=args.device, tracking=False, **extra)
+        base = TrainConfig(data=str(folder), device=args.device, tracking=False, **extra)
 
-        def sized(config: TrainConfig) -> TrainConfig:
-            return replace(config, epochs=max(1, round(config.epochs * args.epochs_scale)),
+        count = len(find_pairs(folder))
+        trained_on = count - -(-count // args.folds)    # the fewest training frames of an outer fold
+
+        def sized(config: TrainConfig) -> TrainConfig:   # the schedule as coroseg train takes it for those frames
+            epochs, patience = epoch_schedule(config, fold_count(config, trained_on))
+            return replace(config, epochs=max(1, round(epochs * args.epochs_scale)), patience=patience,
                            image_size=min(config.image_size, args.image_size_cap or config.image_size))
         for lever in args.levers:
             overrides = {k: native if v == NATIVE else v for k, v in LEVERS[lever].items()}
@@ -172,9 +205,12 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
                 init = pretrains[key]["path"]
             text = ", ".join(f"{k}={v}" for k, v in LEVERS[lever].items()).replace(NATIVE, str(native))
             for fold in args.only_folds or range(args.folds):
+                fold_pretrain = args.pretrain_epochs if wants_pretrain == "fold" else 0
                 folds.append({"dataset": folder.name, "lever": lever, "overrides": text or "-", "fold": fold,
-                              "config": config, "init": init,
-                              "fold_pretrain": args.pretrain_epochs if wants_pretrain == "fold" else 0})
+                              "config": config, "init": init, "fold_pretrain": fold_pretrain,
+                              "fold_pretrain_path": fold_pretrain_path(weights_dir, replace(config, folds=args.folds),
+                                                                       fold_pretrain, fold)
+                              if fold_pretrain else None})
     rank = {lever: i for i, lever in enumerate(args.levers)}
     folds.sort(key=lambda j: (j["fold"], j["lever"] != "default", rank[j["lever"]]))
     return list(pretrains.values()), folds, notes
@@ -248,8 +284,9 @@ def main() -> None:
         if outcome:
             no, yes = outcome["scores"]["no"], outcome["scores"]["yes"]
             error_text = (f"Dice {no['dice']:.4f} clDice {no['cldice']:.4f} HD95 {no['hd95']:.1f} | TTA "
-                          f"{yes['dice']:.4f} {yes['cldice']:.4f} {yes['hd95']:.1f} | best epoch "
-                          f"{outcome['best_epoch']}/{outcome['epochs_run']}, {outcome['seconds']:.0f} s "
+                          f"{yes['dice']:.4f} {yes['cldice']:.4f} {yes['hd95']:.1f} | {outcome['networks']} "
+                          f"network(s), best epoch {outcome['best_epoch']} (mean), {outcome['epochs_run']} epochs "
+                          f"run, {outcome['seconds']:.0f} s "
                           f"({len(records)}/{len(jobs)})")
         print(f"{label}: {error_text}", flush=True)
         if args.out:                                  # the results so far, replaced at once
@@ -273,8 +310,9 @@ def main() -> None:
             queue.remove(job)
             running[pool.submit(pretrain_job, job["config"], args.pretrain_count, args.pretrain_epochs,
                                 job["source"], job["path"])
-                    if job["fold"] is None else pool.submit(fold_job, job["config"], job["fold"], job["init"],
-                                                           job["fold_pretrain"])] = job
+                    if job["fold"] is None else pool.submit(fold_job, job["config"], args.folds, job["fold"],
+                                                           job["init"], job["fold_pretrain"],
+                                                           job["fold_pretrain_path"])] = job
         if not running:
             break
         done, _ = wait(running, return_when=FIRST_COMPLETED)

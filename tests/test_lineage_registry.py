@@ -91,7 +91,16 @@ def test_a_registration_that_could_not_be_sent_is_completed_by_sync(small_config
     assert version.run_id == synced.stdout.strip().splitlines()[-1].split(": ", 1)[1]
 
 
-def test_register_with_folds_is_refused_in_one_line(small_config, tmp_path):
-    result = _train(tmp_path, small_config, f"sqlite:///{tmp_path / 'mlflow.db'}", "--folds", 2)
-    assert result.exit_code == 2
-    assert "--register vessels with --folds 2" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+def test_a_cross_validation_run_registers_its_fold_ensemble_judged_out_of_fold(small_config, pairs_dir, tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = _train(tmp_path, small_config, store, "--folds", 2)
+    assert result.exit_code == 0, result.stderr
+    client = _client(store)
+    (version,) = client.search_model_versions("name = 'vessels'")
+    parent = client.get_run(result.value("run_id"))
+    assert version.run_id == parent.info.run_id                     # the parent's model: the folds' ensemble
+    assert float(version.tags["val_dice"]) == pytest.approx(parent.data.metrics["cv_oof_val_dice_postprocessed"],
+                                                            abs=1e-6)
+    predicted = run_cli("predict", "--model", "models:/vessels@champion", "--input", pairs_dir / "1.png",
+                        "--output", tmp_path / "out", "--tracking-uri", store, "--no-tracking")
+    assert predicted.exit_code == 0, predicted.stderr

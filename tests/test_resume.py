@@ -163,3 +163,62 @@ def test_resume_of_a_finished_or_unknown_run_is_refused(tmp_path, trained):
     assert finished.exit_code == 2 and "nothing to resume" in finished.stderr
     unknown = run_cli("train", "--resume", "0123456789abcdef", cwd=tmp_path)
     assert unknown.exit_code == 2 and "no record of that run id" in unknown.stderr
+
+
+def _read_until(process: subprocess.Popen, *starts: str) -> None:
+    """Read stderr past a line starting with each of `starts`, in that order."""
+    lines, wanted = [], list(starts)
+    for line in process.stderr:
+        lines.append(line)
+        if line.startswith(wanted[0]):
+            wanted.pop(0)
+            if not wanted:
+                return
+    raise AssertionError(f"training ended before {wanted[0]!r}:\n" + "".join(lines))
+
+
+@pytest.mark.integration
+def test_a_stopped_cross_validation_resumes_its_stopped_fold_and_keeps_its_finished_one(tmp_path, small_config):
+    """Stopped in fold 2 of 2: the resume takes fold 1 as it finished, carries fold 2 on from its last epoch in
+    the same nested run, and the folds and their ensemble come out as an uninterrupted run's, bit for bit."""
+    (tmp_path / "reference").mkdir()
+    reference = run_cli("train", "--config", small_config, "--epochs", EPOCHS, "--folds", 2, "--no-tracking",
+                        cwd=tmp_path / "reference")
+    assert reference.exit_code == 0, reference.stderr
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    process = start_training(tmp_path, small_config, store, "--folds", "2")
+    _read_until(process, "fold 2/2", f"epoch 2/{EPOCHS}")
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    command = next(line for line in stdout.splitlines() if line.startswith("resume: ")).split(": ", 1)[1]
+    record = _record_of(tmp_path)
+    assert command == f"coroseg train --resume {record.relative_to(tmp_path)}"   # the parent's, not a fold's
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    parent_id = stdout.strip().splitlines()[-1].split(": ", 1)[1]
+    fold_ids = {r.info.run_name: r.info.run_id for r in client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")}
+    assert {name: client.get_run(i).info.status for name, i in fold_ids.items()} == {
+        "resumable-fold1": "FINISHED", "resumable-fold2": "KILLED"}
+
+    result = run_cli("train", "--resume", record, "--tracking-uri", store, cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert result.value("run_id") == parent_id
+    assert "fold 1/2: finished before" in result.stderr and "resuming after epoch" in result.stderr
+    runs = client.search_runs([client.get_run(parent_id).info.experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted([parent_id, *fold_ids.values()])   # no new run
+    assert all(r.info.status == "FINISHED" for r in runs)
+    steps = [m.step for m in client.get_metric_history(fold_ids["resumable-fold2"], "val_dice")]
+    assert sorted(set(steps)) == list(range(1, EPOCHS + 1))
+    original = tmp_path / "reference" / reference.value("local_record")
+    for fold in ("fold_1", "fold_2"):
+        assert_same_training(record / fold, original / fold)
+    ensemble, expected = final_weights(record), final_weights(original)
+    assert ensemble.keys() == expected.keys() and all((ensemble[k] == expected[k]).all() for k in ensemble)
+
+    def fold_rows(parent: Path) -> list[dict]:
+        rows = json.loads((parent / "summaries/training/cross_validation.json").read_text())["folds"]
+        return [{k: row[k] for k in ("best_epoch", "best_val_dice", "val_loss_at_best", "epochs")} for row in rows]
+    assert fold_rows(record) == fold_rows(original)

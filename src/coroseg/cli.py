@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from coroseg import mlflow_env
-from coroseg.config import TrainConfig
+from coroseg.config import AUTO_FOLDS, AUTO_FOLDS_MAX_FRAMES, ONE_SPLIT_SCHEDULE, PER_FOLD_SCHEDULE, TrainConfig
 from coroseg.errors import InputError, first_line
 from coroseg.data.pairs import FORMATS
 from coroseg.export import FORMATS as EXPORT_FORMATS, export_model   # light: the model loads lazily
@@ -128,6 +128,28 @@ def _tracking_options(func, experiment_help: str = _default("MLflow experiment n
     return func
 
 
+class _AutoCount(click.ParamType):
+    """auto, or a whole number of at least 1 (--folds, --epochs, --patience)."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or (isinstance(value, int) and value >= 1):
+            return value
+        try:
+            folds = int(value)
+        except ValueError:
+            folds = 0
+        if folds < 1:
+            self.fail(f"{value!r} is neither auto nor a whole number of at least 1", param, ctx)
+        return folds
+
+
+_AUTO_COUNT = _AutoCount()
+_FOLDS_HELP = ("K > 1: K-fold cross-validation: a parent run whose model is the folds' ensemble (the mean of their "
+               "networks), one nested run per fold; 1: one train/validation split.  [default: auto: "
+               f"{AUTO_FOLDS} for a real data set of {2 * AUTO_FOLDS} to {AUTO_FOLDS_MAX_FRAMES} frames, else 1]")
+_SCHEDULE_HELP = ("  [default: auto: {} for one split, {} for each fold of a fold ensemble]")
 _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separated, or 'all') that form the vessel "
                       "mask.  [default: every class but one named stenosis]")
 
@@ -140,15 +162,15 @@ _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separate
 @click.option("--width", default=None, type=click.IntRange(4, 128), help=_default("Channels of the network's first level; deeper levels scale with it.", "width"))
 @click.option("--compile", "compile", default=None, type=click.Choice(["auto", "yes", "no"]), help=_default("torch.compile and channels_last for training; auto: on CUDA.", "compile"))
 @click.option("--init", default=None, metavar="auto|none|arcade-v1|MODEL_URI", help=_default("The weights training starts from: auto: coroseg's built-in arcade-v1 (the default network pretrained on 200 real ARCADE frames) for real frames and that network, else random; none: random; or a model URI to fine-tune (e.g. synthetic pretraining).", "init"))
-@click.option("--folds", default=None, type=click.IntRange(min=1), help=_default("K > 1: K-fold cross-validation, a parent run with one nested run per fold.", "folds"))
+@click.option("--folds", default=None, metavar="auto|K", type=_AUTO_COUNT, help=_FOLDS_HELP)
 @click.option("--field-of-view/--no-field-of-view", "field_of_view", default=None, help=_default("Detect each frame's circular field of view; outside it: no loss, no metric, always background.", "field_of_view"))
 @click.option("--clahe/--no-clahe", default=None, help=_default("Contrast-limited adaptive histogram equalisation of every frame (predict does the same).", "clahe"))
 @click.option("--loss", default=None, type=click.Choice(list(LOSSES)), help=_default("Training loss.", "loss"))
-@click.option("--epochs", default=None, type=click.IntRange(min=1), help=_default("Maximum epochs.", "epochs"))
+@click.option("--epochs", default=None, metavar="auto|N", type=_AUTO_COUNT, help="Maximum epochs." + _SCHEDULE_HELP.format(ONE_SPLIT_SCHEDULE[0], PER_FOLD_SCHEDULE[0]))
 @click.option("--image-size", default=None, type=click.IntRange(min=32), help=_default("Frames are resized to this side.", "image_size"))
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help=_default("", "batch_size"))
 @click.option("--learning-rate", default=None, type=click.FloatRange(min=0, min_open=True), help=_default("AdamW learning rate.", "learning_rate"))
-@click.option("--patience", default=None, type=click.IntRange(min=1), help=_default("Early stop after this many epochs without a better val Dice.", "patience"))
+@click.option("--patience", default=None, metavar="auto|N", type=_AUTO_COUNT, help="Early stop after this many epochs without a better val Dice." + _SCHEDULE_HELP.format(ONE_SPLIT_SCHEDULE[1], PER_FOLD_SCHEDULE[1]))
 @click.option("--seed", default=None, type=int, help=_default("Same seed, same split and initial weights.", "seed"))
 @click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]), help=_default("", "device"))
 @click.option("--loader-workers", default=None, type=click.IntRange(min=0), help="Processes reading batches from the frame cache ahead of the loop (0: the loop reads).  [default: up to 4 on a GPU machine, 1 on a CPU, 0 on 2 cores; none when the frames fit in GPU memory]")
@@ -176,7 +198,7 @@ def train(config_file, no_tracking, resume, **flags) -> None:
         return
     lines = [f"best_val_dice: {outcome.best_val_dice:.4f}", f"local_record: {outcome.record_dir}",
              f"model_uri: {outcome.model_uri}"]
-    if outcome.cross_validation:   # model_uri is then the fold with the best validation Dice
+    if outcome.cross_validation:   # model_uri is then the folds' ensemble, best_val_dice the best fold's
         lines = [f"{k}: {v:.4f}" for k, v in outcome.cross_validation.items()] + lines
     _print_run(outcome.run_id, outcome.tracking_failed, lines)
 
@@ -206,17 +228,14 @@ def _train_or_resume(config_file, resume: str | None, flags: dict):
         return run_training(resolve(config_file, **flags))
     record = find_record(resume, flags.get("output_dir") or TrainConfig().output_dir)
     config = resume_config(record, config_file, flags)
-    return resume_training(config, load_resume(record))
+    return resume_training(config, load_resume(record, config.folds))
 
 
 def _print_stopped(stopped) -> None:
     """A stopped run: how to carry it on (stdout, for scripts), then its run id last."""
-    if stopped.record_dir is not None:
-        command = f"coroseg train --resume {stopped.record_dir}"
-        click.echo(f"stopped: resume with `{command}`", err=True)
-        click.echo(f"resume: {command}")
-    else:
-        click.echo("stopped: a cross-validation run cannot be resumed yet; its finished folds are recorded", err=True)
+    command = f"coroseg train --resume {stopped.record_dir}"
+    click.echo(f"stopped: resume with `{command}`", err=True)
+    click.echo(f"resume: {command}")
     click.echo(f"run_id: {stopped.run_id or 'none (not tracked)'}")
 
 

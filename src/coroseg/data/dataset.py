@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from coroseg.config import TrainConfig
+from coroseg.config import TrainConfig, fold_count
 from coroseg.data.frame_store import FrameFile, FrameWriter, cache_root, cached, code_digest
 from coroseg.data.imageio import read_gray
 from coroseg.data.pairs import Scan, announce, checked_scan, read_pair
@@ -106,11 +106,12 @@ def fold_indices(count: int, folds: int, seed: int) -> list[tuple[np.ndarray, np
 
 
 def splits(config: TrainConfig, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One train/validation split, or one per fold with `folds` > 1."""
-    if config.folds > 1:
-        if count < config.folds:
-            raise InputError(f"{config.data}: {config.folds} folds need at least {config.folds} pairs, found {count}")
-        return fold_indices(count, config.folds, config.seed)
+    """One train/validation split, or one per fold when there are folds (`fold_count`)."""
+    folds = fold_count(config, count)
+    if folds > 1:
+        if count < folds:
+            raise InputError(f"{config.data}: {folds} folds need at least {folds} pairs, found {count}")
+        return fold_indices(count, folds, config.seed)
     return [split_indices(count, config.val_fraction, config.seed)]
 
 

@@ -21,17 +21,18 @@ FREE_KEYS = frozenset({"data", "tracking", "tracking_uri", "experiment", "device
                        "output_dir", "system_metrics", "register"})
 RECORDED_CONFIG = f"{layout.artifact_dir('config')}/config.yaml"
 RECORDED_DATA = f"{layout.artifact_dir('config')}/data.json"
+CROSS_VALIDATION_SUMMARY = f"{layout.artifact_dir('summary')}/cross_validation.json"
 
 
 @dataclass
 class Resume:
     record_dir: Path
-    state: TrainingState
+    state: TrainingState | None  # None: a cross-validation run's parent (its folds hold their own states)
     data_digest: str
     run_id: str | None          # the MLflow run to carry on; None when none was created (it is created now)
 
 
-def _run_id_of(record: Path) -> str | None:
+def run_id_of(record: Path) -> str | None:
     """The run id the uploader recorded once it created the run (the record's one source of it)."""
     info = record / layout.RECORD_FILE
     try:
@@ -47,7 +48,7 @@ def find_record(target: str, output_dir: str) -> Path:
         if not (path / RECORDED_CONFIG).is_file():
             raise InputError(f"{path}: not the local record of a training run (no {RECORDED_CONFIG})")
         return path
-    candidates = [p for p in Path(output_dir).glob("*") if p.is_dir() and _run_id_of(p) == target]
+    candidates = [p for p in Path(output_dir).glob("*") if p.is_dir() and run_id_of(p) == target]
     if not candidates:
         raise InputError(f"--resume {target}: no such record folder, and no record of that run id under "
                          f"{output_dir}/ (give the record folder, or --output-dir where it is)")
@@ -77,19 +78,24 @@ def resume_config(record: Path, config_file: str | None, flags: dict[str, Any]) 
         raise InputError(f"--resume {record}: the run was trained with other settings: {shown}")
     if config.tracking_uri and "***" in config.tracking_uri and flags.get("tracking_uri") is None:
         config.tracking_uri = None      # recorded without its secret: MLFLOW_TRACKING_URI or the default then
-    if config.folds > 1:
-        raise InputError(f"--resume {record}: a cross-validation run cannot be resumed yet; start it again")
     return config
 
 
-def load_resume(record: Path) -> Resume:
+def finished(record: Path) -> bool:
+    """The run of this record (one training, or a fold) ended with its summary written."""
+    return (record / layout.artifact_dir("summary") / "summary.json").is_file()
+
+
+def load_resume(record: Path, folds: int = 1) -> Resume:
     _, digest = _recorded(record)
-    if (record / layout.artifact_dir("summary") / "summary.json").is_file():
+    if finished(record) or (record / CROSS_VALIDATION_SUMMARY).is_file():
         raise InputError(f"--resume {record}: this run finished; there is nothing to resume")
+    if folds > 1:
+        return Resume(record, None, digest, run_id_of(record))
     state = load_state(record)
     if state is None:
         raise InputError(f"--resume {record}: no epoch of this run finished; there is nothing to resume, start again")
-    return Resume(record, state, digest, _run_id_of(record))
+    return Resume(record, state, digest, run_id_of(record))
 
 
 def check_data(resume: Resume, digest: str) -> None:

@@ -15,14 +15,14 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from coroseg.config import TrainConfig
+from coroseg.config import TrainConfig, epoch_schedule
 from coroseg.data.augment import BatchAugmentation
 from coroseg.data.batches import frame_source
 from coroseg.data.dataset import Frames, TrainingData
@@ -339,22 +339,25 @@ def _checkpoint(epoch: int, since_best: int, model, optimizer, schedule, result:
         training_duration_seconds=result.training_duration_seconds)
 
 
-def _restore(state: TrainingState, model, optimizer, schedule, result: TrainResult) -> int:
-    """Put model, optimizer, schedule, RNGs and the results so far back as they were after `state.epoch`;
-    the early-stopping counter is returned."""
+def result_of(state: TrainingState) -> TrainResult:
+    """The results a saved state holds: those so far, or a finished run's final ones (post-processing is
+    chosen at the end of `train`, not saved)."""
+    probabilities = state.best_val_probabilities
+    return TrainResult(history=[EpochResult(**h) for h in state.history], best_epoch=state.best_epoch,
+                       best_val_dice=state.best_val_dice, best_state=state.best_model,
+                       training_duration_seconds=state.training_duration_seconds, stopped_early=state.stopped_early,
+                       # float32 in the states of earlier versions
+                       best_val_probabilities=None if probabilities is None else quantized(probabilities))
+
+
+def _restore(state: TrainingState, model, optimizer, schedule) -> None:
+    """Put model, optimizer, schedule and RNGs back as they were after `state.epoch`."""
     model.load_state_dict(state.model)
     optimizer.load_state_dict(state.optimizer)
     schedule.load_state_dict(state.schedule)
     restore_rng(state.rng)
-    result.history = [EpochResult(**h) for h in state.history]
-    result.best_epoch, result.best_val_dice = state.best_epoch, state.best_val_dice
-    result.best_state = state.best_model
-    if state.best_val_probabilities is not None:       # float32 in the states of earlier versions
-        result.best_val_probabilities = quantized(state.best_val_probabilities)
-    result.stopped_early, result.training_duration_seconds = state.stopped_early, state.training_duration_seconds
     log.info("resuming after epoch %d (best val_dice %.4f at epoch %d)", state.epoch, state.best_val_dice,
              state.best_epoch)
-    return state.since_best
 
 
 def train(
@@ -367,6 +370,9 @@ def train(
     per-epoch clDice, HD95... (benchmarks that score the model otherwise). Under torchrun (`world`) every rank
     calls it with its own device; only rank 0's events should record (the others' events may do nothing), and a
     stop is asked after every epoch, of the whole world, so that no rank waits alone in an all-reduce."""
+    if config.epochs is None or config.patience is None:    # called directly (benchmarks): one model's schedule
+        epochs, patience = epoch_schedule(config, 1)
+        config = replace(config, epochs=epochs, patience=patience)
     seed_everything(config.seed)
     if world.distributed:
         torch.manual_seed(config.seed * 1000 + world.rank)    # each rank its own augmentation draws
@@ -386,7 +392,8 @@ def train(
                       enabled=epoch_vessel_metrics and world.main)
     result, since_best, started = TrainResult(), 0, time.perf_counter()
     if resume is not None:
-        since_best = _restore(resume, model, optimizer, schedule, result)
+        _restore(resume, model, optimizer, schedule)
+        result, since_best = result_of(resume), resume.since_best
     previous_seconds = result.training_duration_seconds     # of the run's earlier processes, when resumed
     try:
         for epoch in range(len(result.history) + 1, config.epochs + 1):

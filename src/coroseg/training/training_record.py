@@ -37,6 +37,11 @@ def resolved_config(config: TrainConfig) -> dict[str, Any]:
     return values
 
 
+def registry_tags(config: TrainConfig, val_dice: float, data_digest: str) -> dict[str, str]:
+    """A registered version's tags; `val_dice` decides whether it becomes the champion (tracking/registry.py)."""
+    return {"val_dice": f"{val_dice:.6f}", "data_digest": data_digest, "model_family": config.model_family}
+
+
 def run_params(config: TrainConfig, env: dict[str, Any]) -> dict[str, Any]:
     return {**resolved_config(config), **layout.TRAINING_PARAMS, **environment_params(env)}
 
@@ -181,9 +186,8 @@ class TrainingRecord:
         self.tracker.log_model(weights, self.model_spec().to_metadata(), self.data.example[None], metrics=linked,
                                step=last, dataset=self.dataset("validation"))
         if self.config.register:
-            self.tracker.register_model(self.config.register, {
-                "val_dice": f"{summary['val_dice_postprocessed'] or result.best_val_dice:.6f}",
-                "data_digest": self.data.digest, "model_family": self.config.model_family})
+            self.tracker.register_model(self.config.register, registry_tags(
+                self.config, summary["val_dice_postprocessed"] or result.best_val_dice, self.data.digest))
 
     def dataset(self, context: str) -> DatasetRef:
         """The split as MLflow names a dataset: the data's name and a digest of it and the split's frames."""
