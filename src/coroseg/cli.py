@@ -137,12 +137,12 @@ class _AutoCount(click.ParamType):
         if value == "auto" or (isinstance(value, int) and value >= 1):
             return value
         try:
-            folds = int(value)
+            count = int(value)
         except ValueError:
-            folds = 0
-        if folds < 1:
+            count = 0
+        if count < 1:
             self.fail(f"{value!r} is neither auto nor a whole number of at least 1", param, ctx)
-        return folds
+        return count
 
 
 _AUTO_COUNT = _AutoCount()
