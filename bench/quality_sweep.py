@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quality_cv import (as_coroseg_trains, as_trained, fit, mean_sd, pretrain, score_fold,  # noqa: E402 - the bench's own
                         seen_by_start)
 
-from coroseg.config import TrainConfig, epoch_schedule, fold_count  # noqa: E402
+from coroseg.config import NATIVE, PRESETS, TrainConfig, epoch_schedule, fold_count, native_side  # noqa: E402
 from coroseg.data.dataset import load_training_data  # noqa: E402
 from coroseg.data.imageio import read_gray  # noqa: E402
 from coroseg.data.pairs import find_pairs  # noqa: E402
@@ -54,9 +54,9 @@ from coroseg.evaluation.metrics import mean_metrics  # noqa: E402
 from coroseg.models import family  # noqa: E402
 from coroseg.training.initial_weights import resolved_init  # noqa: E402
 
-# The data set's frame side rounded up to the network's divisor: 304 for CIMAT (300 px frames), 512 for
-# ARCADE (512 px). A lever that changes nothing on a data set (e.g. "native" on 256 px frames) is left out there.
-NATIVE = "native"
+# NATIVE: the data set's frame side rounded up to the network's divisor (config.native_side): 304 for CIMAT
+# (300 px frames), 512 for ARCADE (512 px). A lever that changes nothing on a data set (e.g. "native" on 256 px
+# frames) is left out there.
 LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fold starts from pretrained weights
     "default": {},
     "single": {"folds": 1},                   # one split where the default trains a fold ensemble (small sets)
@@ -64,6 +64,7 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "width32": {"width": 32},
     "epochs160": {"epochs": 160, "patience": 50},
     "native": {"image_size": NATIVE},
+    "best": PRESETS["best"],                 # coroseg train --preset best: native side, 160 epochs, patience 50
     "cldice": {"loss": "dice_cldice"},
     "pretrain": {"pretrain": True},
     "pretrain_real": {"pretrain": "real"},   # from --pretrain-data's real frames (another data set)
@@ -150,10 +151,8 @@ def fold_pretrain_path(weights_dir: Path, config: TrainConfig, epochs: int, fold
     return str(weights_dir / f"fold_pretrained_{name}_{fold + 1}.pt")
 
 
-def native_side(folder: Path) -> int:
-    divisor = family(TrainConfig().model_family).divisor
-    side = max(read_gray(find_pairs(folder)[0].image).shape)
-    return -(-side // divisor) * divisor
+def folder_side(folder: Path) -> int:
+    return native_side(read_gray(find_pairs(folder)[0].image).shape, family(TrainConfig().model_family).divisor)
 
 
 def plan(args) -> tuple[list[dict], list[dict], list[str]]:
@@ -164,7 +163,7 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
     pretrains: dict[str, dict] = {}
     folds, notes = [], []
     for folder in args.data:
-        native = native_side(folder)
+        native = folder_side(folder)
         base = TrainConfig(data=str(folder), device=args.device, tracking=False, **extra)
 
         count = len(find_pairs(folder))

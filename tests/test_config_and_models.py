@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coroseg.config import (AUTO_FOLDS, ONE_SPLIT_SCHEDULE, PER_FOLD_SCHEDULE, TrainConfig, fold_count, resolve,
-                            epoch_schedule)
+from coroseg.config import (AUTO_FOLDS, NATIVE, ONE_SPLIT_SCHEDULE, PER_FOLD_SCHEDULE, PRESETS, TrainConfig,
+                            epoch_schedule, fold_count, native_side, resolve)
 from coroseg.errors import InputError
 from coroseg.models import FAMILIES, build_model, family
 from coroseg.tracking.redact import redact_text, redact_uri
@@ -44,8 +44,30 @@ def test_the_auto_schedule_is_longer_for_one_model_than_for_each_fold_of_an_ense
     assert epoch_schedule(resolve(None, patience=3), 1) == (ONE_SPLIT_SCHEDULE[0], 3)
 
 
+def test_a_preset_replaces_defaults_and_a_config_file_and_flags_override_it(tmp_path):
+    best = resolve(None, preset="best")
+    assert (best.image_size, best.epochs, best.patience, best.preset) == (NATIVE, 160, 50, "best")
+    assert best.learning_rate == TrainConfig().learning_rate          # what the preset leaves alone
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: best\nepochs: 7\n")
+    from_file = resolve(cfg, patience=3)
+    assert (from_file.image_size, from_file.epochs, from_file.patience) == (NATIVE, 7, 3)
+    assert resolve(cfg, image_size=128).image_size == 128
+    assert PRESETS["best"] == {"image_size": NATIVE, "epochs": 160, "patience": 50}
+
+
+def test_native_is_the_first_frames_side_rounded_up_to_the_divisor(tmp_path):
+    assert [native_side(shape, 16) for shape in [(300, 300), (512, 512), (1, 200, 301), (64, 32)]] == [304, 512, 304, 64]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("image_size: native\n")
+    assert resolve(cfg).image_size == NATIVE
+
+
 @pytest.mark.parametrize("text, needle", [
     ("epochz: 3\n", "unknown option 'epochz'"),
+    ("preset: fastest\n", "preset must be one of best, got 'fastest'"),
+    ("image_size: 16\n", "image_size must be native or a whole number of at least 32, got 16"),
+    ("image_size: big\n", "image_size must be a int"),
     ("epochs: three\n", "epochs must be auto or a whole number of at least 1, got 'three'"),
     ("batch_size: four\n", "batch_size must be a int"),
     ("- a list\n", "must be a mapping"),
@@ -99,3 +121,37 @@ def test_every_loss_is_finite_and_lower_for_a_better_prediction(name):
 def test_unknown_loss_is_an_input_error():
     with pytest.raises(InputError, match="loss must be one of dice_ce, dice_cldice, focal"):
         resolve(None, loss="hinge")
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--image-size", "16"], "'16' is neither native nor a whole number of at least 32"),
+    (["--image-size", "big"], "'big' is neither native nor a whole number of at least 32"),
+    (["--epochs", "0"], "'0' is neither auto nor a whole number of at least 1"),
+    (["--preset", "fastest"], "'fastest' is not 'best'"),
+])
+def test_bad_size_count_or_preset_flags_are_refused_before_training(flags, needle):
+    from click.testing import CliRunner
+
+    from coroseg.cli import main
+
+    result = CliRunner().invoke(main, ["train", *flags])
+    assert result.exit_code == 2 and needle in result.output
+
+
+def test_train_flags_reach_the_configuration_over_the_preset(monkeypatch):
+    from click.testing import CliRunner
+
+    import coroseg.training.run
+    from coroseg.cli import main
+
+    taken = []
+
+    def capture(config, *args, **kwargs):
+        taken.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(coroseg.training.run, "run_training", capture)
+    CliRunner().invoke(main, ["train", "--preset", "best", "--epochs", "9", "--no-tracking"])
+    CliRunner().invoke(main, ["train", "--image-size", "native", "--no-tracking"])
+    assert [(c.preset, c.image_size, c.epochs, c.patience) for c in taken] == [
+        ("best", NATIVE, 9, 50), (None, NATIVE, None, None)]

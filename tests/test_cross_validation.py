@@ -96,17 +96,18 @@ def test_init_with_another_family_is_refused_before_the_run(trained, tmp_path, s
     assert not (tmp_path / "coroseg_runs").exists()
 
 
-def test_a_fold_ensemble_records_the_per_fold_schedule_it_took(tmp_path):
-    """--patience auto resolves for folds (25) and is recorded as a number in the parent's and the folds'
-    configuration, so that --resume and reproduce take the same."""
+def test_a_fold_ensemble_records_the_per_fold_schedule_and_the_native_side_it_took(tmp_path):
+    """--patience auto resolves for folds (25) and image_size native for the frames (60 px: 64), each recorded
+    as a number in the parent's and the folds' configuration, so that --resume and reproduce take the same."""
     import yaml
 
     config = tmp_path / "c.yaml"
-    config.write_text("synthetic_count: 12\nsynthetic_size: 96\nimage_size: 64\nval_samples: 1\n")
+    config.write_text("synthetic_count: 12\nsynthetic_size: 60\nimage_size: native\nval_samples: 1\n")
     result = run_cli("train", "--config", config, "--epochs", 1, "--folds", 2, "--no-tracking", cwd=tmp_path)
     assert result.exit_code == 0, result.stderr
     record = tmp_path / result.value("local_record")
     for folder in (record, record / "fold_1", record / "fold_2"):
         recorded = yaml.safe_load((folder / "config/training/config.yaml").read_text())
-        assert (recorded["folds"], recorded["epochs"], recorded["patience"]) == (2, 1, 25), folder
+        taken = (recorded["folds"], recorded["epochs"], recorded["patience"], recorded["image_size"])
+        assert taken == (2, 1, 25, 64), folder
     assert "cv_oof_val_dice_postprocessed" in result.stdout      # the ensemble's own figure is printed

@@ -60,6 +60,15 @@ def test_frames_are_prepared_once_then_found(folder, cache, caplog):
     assert not (records[:, 1] & (1 - records[:, 2])).any()       # no vessel outside the field of view
 
 
+def test_a_native_image_size_is_the_frames_side_rounded_up_and_is_recorded_as_taken(tmp_path, cache):
+    from coroseg.data.synthetic import write_synthetic_set
+
+    write_synthetic_set(tmp_path / "d", count=4, size=72, seed=1)
+    config = _config(tmp_path / "d", image_size="native")
+    data = load_training_data(config)[0]
+    assert config.image_size == 80 and data.val.records([0]).shape[-2:] == (80, 80)   # 72 up to the divisor 16
+
+
 def test_a_changed_mask_or_setting_makes_a_new_cache_file_and_a_truncated_one_is_rebuilt(folder, cache):
     before = load_training_data(_config(folder))[0]
     mask = sorted(folder.glob("*_gt.png"))[0]

@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 
 from coroseg import mlflow_env
-from coroseg.config import AUTO_FOLDS, AUTO_FOLDS_MAX_FRAMES, ONE_SPLIT_SCHEDULE, PER_FOLD_SCHEDULE, TrainConfig
+from coroseg.config import (AUTO_FOLDS, AUTO_FOLDS_MAX_FRAMES, NATIVE, ONE_SPLIT_SCHEDULE, PER_FOLD_SCHEDULE, PRESETS,
+                            TrainConfig)
 from coroseg.errors import InputError, first_line
 from coroseg.data.pairs import FORMATS
 from coroseg.export import FORMATS as EXPORT_FORMATS, export_model   # light: the model loads lazily
@@ -128,33 +129,39 @@ def _tracking_options(func, experiment_help: str = _default("MLflow experiment n
     return func
 
 
-class _AutoCount(click.ParamType):
-    """auto, or a whole number of at least 1 (--folds, --epochs, --patience)."""
+class _WordOrNumber(click.ParamType):
+    """A word (auto, native), or a whole number of at least `least` (--folds, --epochs, --patience, --image-size)."""
 
-    name = "auto|N"
+    def __init__(self, word: str, least: int, number: str = "N") -> None:
+        self.word, self.least, self.name = word, least, f"{word}|{number}"
 
     def convert(self, value, param, ctx):
-        if value == "auto" or (isinstance(value, int) and value >= 1):
+        if value == self.word or (isinstance(value, int) and value >= self.least):
             return value
         try:
-            count = int(value)
+            number = int(value)
         except ValueError:
-            count = 0
-        if count < 1:
-            self.fail(f"{value!r} is neither auto nor a whole number of at least 1", param, ctx)
-        return count
+            number = self.least - 1
+        if number < self.least:
+            self.fail(f"{value!r} is neither {self.word} nor a whole number of at least {self.least}", param, ctx)
+        return number
 
 
-_AUTO_COUNT = _AutoCount()
+_AUTO_COUNT = _WordOrNumber("auto", 1)
+_SIDE = _WordOrNumber(NATIVE, 32, "SIDE")
 _FOLDS_HELP = ("K > 1: K-fold cross-validation: a parent run whose model is the folds' ensemble (the mean of their "
                "networks), one nested run per fold; 1: one train/validation split.  [default: auto: "
                f"{AUTO_FOLDS} for a real data set of {2 * AUTO_FOLDS} to {AUTO_FOLDS_MAX_FRAMES} frames, else 1]")
+_PRESET_HELP = ("Named values for options not given (a --config file and flags override them); best: "
+                + ", ".join(f"{k} {v}" for k, v in PRESETS["best"].items()).replace("_", "-")
+                + ": the best recipe measured on CIMAT, in about 3 times the default's time (README, Quality).")
 _SCHEDULE_HELP = ("  [default: auto: {} for one split, {} for each fold of a fold ensemble]")
 _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separated, or 'all') that form the vessel "
                       "mask.  [default: every class but one named stenosis]")
 
 
 @main.command()
+@click.option("--preset", default=None, type=click.Choice(list(PRESETS)), help=_PRESET_HELP)
 @click.option("--data", default=None, help=_default("'synthetic', or a folder of N.png + N_gt.png (or images/ + masks/).", "data"))
 @click.option("--data-format", default=None, type=click.Choice(FORMATS), help=_default("Layout of the --data folder.", "data_format"))
 @click.option("--mask-classes", default=None, metavar="IDS|NAMES", help=_MASK_CLASSES_HELP)
@@ -167,7 +174,7 @@ _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separate
 @click.option("--clahe/--no-clahe", default=None, help=_default("Contrast-limited adaptive histogram equalisation of every frame (predict does the same).", "clahe"))
 @click.option("--loss", default=None, type=click.Choice(list(LOSSES)), help=_default("Training loss.", "loss"))
 @click.option("--epochs", default=None, metavar="auto|N", type=_AUTO_COUNT, help="Maximum epochs." + _SCHEDULE_HELP.format(ONE_SPLIT_SCHEDULE[0], PER_FOLD_SCHEDULE[0]))
-@click.option("--image-size", default=None, type=click.IntRange(min=32), help=_default("Frames are resized to this side.", "image_size"))
+@click.option("--image-size", default=None, metavar=_SIDE.name, type=_SIDE, help=_default("Frames are resized to this side; native: the first frame's own side, rounded up to the network's divisor.", "image_size"))
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help=_default("", "batch_size"))
 @click.option("--learning-rate", default=None, type=click.FloatRange(min=0, min_open=True), help=_default("AdamW learning rate.", "learning_rate"))
 @click.option("--patience", default=None, metavar="auto|N", type=_AUTO_COUNT, help="Early stop after this many epochs without a better val Dice." + _SCHEDULE_HELP.format(ONE_SPLIT_SCHEDULE[1], PER_FOLD_SCHEDULE[1]))

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from coroseg.config import TrainConfig, fold_count
+from coroseg.config import NATIVE, TrainConfig, fold_count, native_side
 from coroseg.data.frame_store import FrameFile, FrameWriter, cache_root, cached, code_digest
 from coroseg.data.imageio import read_gray
 from coroseg.data.pairs import Scan, announce, checked_scan, read_pair
 from coroseg.data.preprocess import Preprocessing, prepare
 from coroseg.errors import InputError
+from coroseg.models import family
 
 log = logging.getLogger("coroseg")
 
@@ -230,6 +231,8 @@ def _load(config: TrainConfig) -> tuple[_Folder | _Synthetic, Frames, str]:
     if len(source.names) < 2:
         raise InputError(f"{config.data}: need at least 2 image/mask pairs to train and validate, "
                          f"found {len(source.names)}")
+    if config.image_size == NATIVE:                   # recorded as taken, like the folds
+        config.image_size = native_side(source.frame(0).shape, family(config.model_family).divisor)
     file, metadata, note = _frame_file(source, config)
     source.check(metadata["empty"])                   # an error stays one line: said before the note
     log.info("%s", note)
