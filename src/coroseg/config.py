@@ -104,18 +104,21 @@ NATIVE = "native"
 PRESETS: dict[str, dict[str, Any]] = {"best": {"image_size": NATIVE, "epochs": 160, "patience": 50}}
 
 
-_AUTO = ("folds", "epochs", "patience")   # None or "auto": resolved once the data are known
+# A word or a whole number of at least some least: auto (None in the config, resolved once the data are known)
+# or native (resolved when the data are read).
+_WORD_OR_NUMBER = {"folds": ("auto", 1), "epochs": ("auto", 1), "patience": ("auto", 1), "image_size": (NATIVE, 32)}
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "data_format": FORMATS, "loss": tuple(LOSSES),
             "compile": ("auto", "yes", "no")}
 _POSITIVE = ("synthetic_count", "synthetic_size", "batch_size", "width")
 
 
 def _validate(config: TrainConfig) -> TrainConfig:
-    for name in _AUTO:
-        value = None if getattr(config, name) == "auto" else getattr(config, name)
-        if value is not None and (type(value) is not int or value < 1):
-            raise InputError(f"config: {name} must be auto or a whole number of at least 1, got {value!r}")
-        setattr(config, name, value)
+    for name, (word, least) in _WORD_OR_NUMBER.items():
+        value = getattr(config, name)
+        if value == word or (value is None and word == "auto"):
+            setattr(config, name, None if word == "auto" else word)
+        elif type(value) is not int or value < least:
+            raise InputError(f"config: {name} must be {word} or a whole number of at least {least}, got {value!r}")
     for name, allowed in _CHOICES.items():
         if getattr(config, name) not in allowed:
             raise InputError(f"config: {name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
@@ -128,9 +131,6 @@ def _validate(config: TrainConfig) -> TrainConfig:
         raise InputError(f"config: width must be a multiple of 4 up to 128, got {config.width}")
     if config.loader_workers is not None and config.loader_workers < 0:
         raise InputError(f"config: loader_workers must be at least 0, got {config.loader_workers}")
-    size = config.image_size
-    if size != NATIVE and (type(size) is not int or size < 32):
-        raise InputError(f"config: image_size must be {NATIVE} or a whole number of at least 32, got {size!r}")
     if config.preset is not None and config.preset not in PRESETS:
         raise InputError(f"config: preset must be one of {', '.join(PRESETS)}, got {config.preset!r}")
     return config
