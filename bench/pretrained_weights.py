@@ -1,4 +1,4 @@
-"""Make coroseg's built-in start `arcade-v1` (src/coroseg/training/pretrained/arcade_v1.safetensors).
+"""Make coroseg's built-in starts (src/coroseg/training/pretrained/): `arcade-v1`, and `arcade-v2` from a model.
 
 The default recipe (TrainConfig's defaults, random start) trained for 60 epochs on the 200 real ARCADE frames
 of ../shared/data/arcade_syntax_val200, exactly as bench/quality_sweep.py's `pretrain_real` lever pretrains
@@ -9,6 +9,13 @@ citation and the identity of every frame of the folder (coroseg warns a training
 
 About 8 min on a 2-core CPU. `--from-state FILE` packages weights the sweep already trained (its
 `pretrained_<recipe>.pt`, a state dict of tensors loaded weights-only) instead of training again.
+
+`arcade-v2` is arcade-v1 trained on by `coroseg train --data ../shared/data/arcade_syntax_val200 --device cpu`
+(the default recipe, seed 0: one split of 160 training and 40 validation frames, 160 epochs), packaged from
+that run's model (about 18 min on a 2-core CPU, then):
+
+    PYTHONPATH=src .venv/bin/python bench/pretrained_weights.py --name arcade-v2 --from-model \
+        coroseg_runs/<run>/pytorch_model --out /tmp/arcade_v2.safetensors
 """
 
 from __future__ import annotations
@@ -44,21 +51,28 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (never replaced)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--from-state", type=Path, help="package these trained weights instead of training")
+    parser.add_argument("--name", choices=("arcade-v1", "arcade-v2"), default="arcade-v1")
+    parser.add_argument("--from-model", help="arcade-v2: the model (folder or URI) of its coroseg train run")
     args = parser.parse_args()
     if args.out.exists():
         sys.exit(f"{args.out}: already exists; choose a new --out")
+    if (args.name == "arcade-v2") != bool(args.from_model):
+        sys.exit("--from-model goes with --name arcade-v2, and arcade-v2 is packaged from its run's model")
     config = replace(TrainConfig(), init=None, device="cpu", patience=25)   # arcade-v1's (the default of its time)
     t0 = time.perf_counter()
-    if args.from_state:
-        state = torch.load(args.from_state, map_location="cpu", weights_only=True)
-    else:
-        state = pretrain(config, torch.device("cpu"), 0, args.epochs, str(args.data))
     pairs = checked_scan(args.data).pairs
+    if args.from_model:
+        state, summary, recipe = _from_model(args.from_model, args.data, len(pairs))
+    else:
+        state = (torch.load(args.from_state, map_location="cpu", weights_only=True) if args.from_state
+                 else pretrain(config, torch.device("cpu"), 0, args.epochs, str(args.data)))
+        summary = f"the default network trained {args.epochs} epochs on {len(pairs)} real ARCADE frames"
+        recipe = (f"coroseg train --data {args.data.name} --init none --epochs {args.epochs} (seed 0, "
+                  f"val fraction {config.val_fraction}: {len(pairs)} frames)")
     metadata = {
         "spec": ModelSpec.of_training(replace(config, data=str(args.data))).to_metadata(),
-        "summary": f"the default network trained {args.epochs} epochs on {len(pairs)} real ARCADE frames",
-        "recipe": f"coroseg train --data {args.data.name} --init none --epochs {args.epochs} (seed 0, "
-                  f"val fraction {config.val_fraction}: {len(pairs)} frames)",
+        "summary": summary,
+        "recipe": recipe,
         "data": CITATION,
         "frames": sorted(frame_id(read_gray(pair.image)) for pair in pairs),
     }
@@ -66,6 +80,22 @@ def main() -> None:
     save_file(tensors, str(args.out), metadata={METADATA_KEY: json.dumps(metadata)})
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB, {len(pairs)} frame ids) in "
           f"{time.perf_counter() - t0:.0f} s")
+
+
+def _from_model(uri: str, data: Path, count: int) -> tuple[dict, str, str]:
+    """arcade-v2's weights, read from its run's model (which must be the default network trained on `data`
+    from arcade-v1), and what its header says of them."""
+    from coroseg.inference.model_loading import load_model
+
+    loaded = load_model(uri, torch.device("cpu"), None)
+    if loaded.spec.members != 1 or loaded.spec.architecture != ModelSpec.of_training(TrainConfig()).architecture:
+        sys.exit(f"{uri}: not one default network (members {loaded.spec.members}, {loaded.spec.architecture})")
+    state = {k: v.detach().clone() for k, v in loaded.module.state_dict().items()}
+    summary = (f"arcade-v1 trained 160 more epochs (the default recipe) on {count} real ARCADE frames (160 "
+               "training, 40 validation)")
+    recipe = (f"coroseg train --data {data.name} (seed 0: --init auto = arcade-v1, 160 epochs, patience 50, one "
+              f"split of 160 training and 40 validation frames of {count})")
+    return state, summary, recipe
 
 
 if __name__ == "__main__":

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -64,8 +66,10 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "width32": {"width": 32},
     "epochs160": {"epochs": 160, "patience": 50},
     "native": {"image_size": NATIVE},
-    "best": PRESETS["best"],                 # coroseg train --preset best: native side, 160 epochs, patience 50
+    "best": PRESETS["best"],                 # coroseg train --preset best: the arcade-v2 start
+    "native_epochs160": {"image_size": NATIVE, "epochs": 160, "patience": 50},   # the preset best before it
     "cldice": {"loss": "dice_cldice"},
+    "xray": {"xray_augment": True},           # X-ray physics intensity augmentation (data/augment.py)
     "pretrain": {"pretrain": True},
     "pretrain_real": {"pretrain": "real"},   # from --pretrain-data's real frames (another data set)
     "pretrain_real_epochs160": {"pretrain": "real", "epochs": 160, "patience": 50},
@@ -92,8 +96,20 @@ def _cached(key, make):
     return _cache[key]
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """A worker is sent SIGTERM when the sweep ends, even killed (Linux's parent-death signal): a training left
+    running would take the CPU or GPU from whatever runs next. Elsewhere there is no such signal: nothing."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)    # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:                        # the sweep ended before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _train_options() -> dict:
@@ -295,7 +311,7 @@ def main() -> None:
 
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(threads,))
+                                   initializer=_init_worker, initargs=(threads, os.getpid()))
 
     pool, running = new_pool(), {}
     while queue or running:

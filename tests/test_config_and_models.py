@@ -46,14 +46,16 @@ def test_the_auto_schedule_is_longer_for_one_model_than_for_each_fold_of_an_ense
 
 def test_a_preset_replaces_defaults_and_a_config_file_and_flags_override_it(tmp_path):
     best = resolve(None, preset="best")
-    assert (best.image_size, best.epochs, best.patience, best.preset) == (NATIVE, 160, 50, "best")
+    assert (best.init, best.preset) == ("arcade-v2", "best")
     assert best.learning_rate == TrainConfig().learning_rate          # what the preset leaves alone
     cfg = tmp_path / "c.yaml"
     cfg.write_text("preset: best\nepochs: 7\n")
     from_file = resolve(cfg, patience=3)
-    assert (from_file.image_size, from_file.epochs, from_file.patience) == (NATIVE, 7, 3)
-    assert resolve(cfg, image_size=128).image_size == 128
-    assert PRESETS["best"] == {"image_size": NATIVE, "epochs": 160, "patience": 50}
+    assert (from_file.init, from_file.epochs, from_file.patience) == ("arcade-v2", 7, 3)
+    assert resolve(cfg, init="none").init == "none"                  # a flag overrides the preset
+    cfg.write_text("preset: best\ninit: arcade-v1\n")
+    assert resolve(cfg).init == "arcade-v1"                          # and so does the file
+    assert PRESETS["best"] == {"init": "arcade-v2"}
 
 
 def test_native_is_the_first_frames_side_rounded_up_to_the_divisor(tmp_path):
@@ -152,6 +154,8 @@ def test_train_flags_reach_the_configuration_over_the_preset(monkeypatch):
 
     monkeypatch.setattr(coroseg.training.run, "run_training", capture)
     CliRunner().invoke(main, ["train", "--preset", "best", "--epochs", "9", "--no-tracking"])
-    CliRunner().invoke(main, ["train", "--image-size", "native", "--no-tracking"])
-    assert [(c.preset, c.image_size, c.epochs, c.patience) for c in taken] == [
-        ("best", NATIVE, 9, 50), (None, NATIVE, None, None)]
+    CliRunner().invoke(main, ["train", "--preset", "best", "--init", "arcade-v1", "--no-tracking"])
+    CliRunner().invoke(main, ["train", "--image-size", "native", "--xray-augment", "--no-tracking"])
+    assert [(c.preset, c.init, c.image_size, c.epochs, c.xray_augment) for c in taken] == [
+        ("best", "arcade-v2", 256, 9, False), ("best", "arcade-v1", 256, None, False),
+        (None, "auto", NATIVE, None, True)]

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from coroseg.models import build_model
 from coroseg.training.checkpoint import load_weights
-from coroseg.training.initial_weights import DEFAULT_BUILTIN, METADATA_KEY, builtin_path
+from coroseg.training.initial_weights import BUILTIN, DEFAULT_BUILTIN, METADATA_KEY, builtin_path
 from tests.conftest import run_cli
 
 ARCADE = Path(__file__).parent / "data" / "arcade_yolo"   # two frames of arcade_syntax_val200
@@ -36,12 +36,21 @@ def _close(a: dict, b: dict) -> bool:
     return all(torch.allclose(a[k], b[k], atol=1e-4) for k in b if b[k].is_floating_point())
 
 
-def test_the_built_in_start_is_a_safe_file_with_its_provenance():
-    with safe_open(str(builtin_path(DEFAULT_BUILTIN)), framework="pt") as file:
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_each_built_in_start_is_a_safe_file_with_its_provenance(name):
+    with safe_open(str(builtin_path(name)), framework="pt") as file:
         metadata = json.loads(file.metadata()[METADATA_KEY])
     assert metadata["spec"]["model_family"] == "unet" and metadata["spec"]["architecture"]["channels"][0] == 16
     assert len(metadata["frames"]) == 200 and "doi:10.1038/s41597-023-02871-z" in metadata["data"]
-    load_weights(builtin_path(DEFAULT_BUILTIN), build_model("unet"))        # fits the default network
+    assert metadata["recipe"].startswith("coroseg train --data arcade_syntax_val200")
+    load_weights(builtin_path(name), build_model("unet"))        # fits the default network
+
+
+def test_arcade_v2_is_taken_when_named_and_differs_from_arcade_v1(pairs_dir, tmp_path, small_config):
+    result, recorded, final = _train(tmp_path, small_config, "--data", pairs_dir, "--init", "arcade-v2")
+    assert recorded["init"] == "arcade-v2" and "starting from the built-in weights arcade-v2" in result.stderr
+    assert _close(final, load_file(str(builtin_path("arcade-v2"))))
+    assert not _close(final, load_file(str(builtin_path(DEFAULT_BUILTIN))))
 
 
 def test_real_frames_start_from_the_built_in_weights_by_default(pairs_dir, tmp_path, small_config):

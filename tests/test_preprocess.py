@@ -219,15 +219,17 @@ def test_flip_test_time_augmentation_averages_the_mirror_images():
 def _no_change(monkeypatch) -> None:
     import coroseg.data.augment as augment
 
-    for name in ("FLIP_P", "AFFINE_P", "GAMMA_P", "CONTRAST_P", "BLUR_P", "NOISE_P"):
+    for name in ("FLIP_P", "AFFINE_P", "GAMMA_P", "CONTRAST_P", "BLUR_P", "NOISE_P", "IODINE_P", "ANATOMY_P",
+                 "SCATTER_P", "QUANTUM_P"):
         monkeypatch.setattr(augment, name, 0.0)
 
 
-def test_augmentation_with_every_change_off_is_the_identity(monkeypatch):
+@pytest.mark.parametrize("xray", [False, True])
+def test_augmentation_with_every_change_off_is_the_identity(monkeypatch, xray):
     _no_change(monkeypatch)
     images, masks = torch.rand(3, 1, 40, 48), (torch.rand(3, 1, 40, 48) > 0.7).float()
     fov = torch.ones_like(masks)
-    out_images, out_masks, out_fov = BatchAugmentation()(images, masks, fov)
+    out_images, out_masks, out_fov = BatchAugmentation(xray)(images, masks, fov)
     assert torch.allclose(out_images, images, atol=1e-5)
     assert torch.equal(out_masks, masks) and torch.equal(out_fov, fov)
 
@@ -254,9 +256,61 @@ def test_augmentation_flips_each_sample_on_its_own(monkeypatch):
     assert len(kinds) >= 3                       # samples draw their own flips
 
 
-def test_augmentation_draws_on_the_batch_device_and_keeps_the_range():
+@pytest.mark.parametrize("xray", [False, True])
+def test_augmentation_draws_on_the_batch_device_and_keeps_the_range(xray):
     torch.manual_seed(0)
     images = torch.rand(8, 1, 32, 32)
-    out_images, out_masks, out_fov = BatchAugmentation()(images, (images > 0.8).float(), torch.ones_like(images))
+    out_images, out_masks, out_fov = BatchAugmentation(xray)(images, (images > 0.8).float(), torch.ones_like(images))
     assert out_images.min() >= 0 and out_images.max() <= 1 and not torch.allclose(out_images, images)
     assert set(out_masks.unique().tolist()) <= {0.0, 1.0} and out_fov.shape == images.shape
+
+
+def _attenuation(frame: torch.Tensor) -> torch.Tensor:
+    import coroseg.data.augment as augment
+
+    return -torch.log(augment.XRAY_FLOOR + (1 - augment.XRAY_FLOOR) * frame)
+
+
+def test_xray_augmentation_scales_the_contrast_agents_attenuation_only(monkeypatch):
+    """Half the iodine: a vessel's attenuation above its surrounding tissue halves; tissue is left as it was."""
+    import coroseg.data.augment as augment
+
+    _no_change(monkeypatch)
+    monkeypatch.setattr(augment, "IODINE_P", 1.0)
+    monkeypatch.setattr(augment, "IODINE", (0.5, 0.5))
+    images = torch.full((2, 1, 48, 48), 0.8)
+    masks = torch.zeros_like(images)
+    masks[:, :, 20:24, :] = 1.0                   # a horizontal vessel, 4 px wide
+    images[masks == 1] = 0.3
+    out, out_masks, _ = BatchAugmentation(xray=True)(images, masks, torch.ones_like(images))
+    assert torch.equal(out_masks, masks)
+    extra_before = _attenuation(torch.tensor(0.3)) - _attenuation(torch.tensor(0.8))
+    extra_after = _attenuation(out[masks == 1]) - _attenuation(torch.tensor(0.8))
+    assert torch.allclose(extra_after, 0.5 * extra_before, atol=1e-4)
+    assert torch.allclose(out[masks == 0], images[masks == 0], atol=1e-5)
+
+
+def test_xray_quantum_noise_spreads_with_the_square_root_of_the_brightness(monkeypatch):
+    import coroseg.data.augment as augment
+
+    _no_change(monkeypatch)
+    monkeypatch.setattr(augment, "QUANTUM_P", 1.0)
+    monkeypatch.setattr(augment, "QUANTUM_STD", (0.02, 0.02))
+    torch.manual_seed(0)
+    images = torch.full((4, 1, 64, 64), 0.9)
+    images[:, :, :, :32] = 0.1                    # a dark half and a bright half
+    out, _, _ = BatchAugmentation(xray=True)(images, torch.zeros_like(images), torch.ones_like(images))
+    dark, bright = (out - images)[..., :32].std(), (out - images)[..., 32:].std()
+    assert bright / dark == pytest.approx(3.0, rel=0.1)           # sqrt(0.9 / 0.1)
+    assert bright == pytest.approx(0.02 * 0.9 ** 0.5, rel=0.1)
+
+
+@pytest.mark.parametrize("size", [3, 15, 31])
+def test_xray_box_blur_is_the_mean_of_the_window_inside_the_frame(size):
+    import torch.nn.functional as F
+
+    from coroseg.data.augment import _box
+
+    frames = torch.rand(2, 1, 40, 52)
+    window_mean = F.avg_pool2d(frames, size, stride=1, padding=size // 2, count_include_pad=False)
+    assert torch.allclose(_box(frames, size), window_mean, atol=1e-5)

@@ -7,9 +7,9 @@ import json
 from tests.conftest import run_cli
 
 
-def history(tmp_path, small_config, seed: int, name: str) -> list[dict]:
+def history(tmp_path, small_config, seed: int, name: str, *flags) -> list[dict]:
     result = run_cli("train", "--config", small_config, "--epochs", 2, "--seed", seed, "--no-tracking",
-                     "--run-name", name, cwd=tmp_path)
+                     "--run-name", name, *flags, cwd=tmp_path)
     assert result.exit_code == 0, result.stderr
     record = tmp_path / result.value("local_record")
     return json.loads((record / "final_model/training_history/history.json").read_text())
@@ -24,3 +24,5 @@ def test_same_seed_gives_the_same_losses_and_another_seed_does_not(tmp_path, sma
     keys = ("train_loss", "val_loss", "val_dice")
     assert [[e[k] for k in keys] for e in first] == [[e[k] for k in keys] for e in second]
     assert [e["train_loss"] for e in first] != [e["train_loss"] for e in other]
+    xray = history(tmp_path, small_config, 5, "d", "--xray-augment")     # the flag reaches the augmentation
+    assert xray[0]["train_loss"] != first[0]["train_loss"]

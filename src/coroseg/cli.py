@@ -20,6 +20,7 @@ from coroseg.export import FORMATS as EXPORT_FORMATS, export_model   # light: th
 from coroseg.inference.predictor import DEFAULT_TTA
 from coroseg.models import FAMILIES
 from coroseg.tracking.redact import RedactingFilter, redact_text
+from coroseg.training.initial_weights import BUILTIN
 from coroseg.training.losses import LOSSES
 
 mlflow_env.apply()   # before anything imports MLflow or reaches a server
@@ -154,7 +155,7 @@ _FOLDS_HELP = ("K > 1: K-fold cross-validation: a parent run whose model is the 
                f"{AUTO_FOLDS} for a real data set of {2 * AUTO_FOLDS} to {AUTO_FOLDS_MAX_FRAMES} frames, else 1]")
 _PRESET_HELP = ("Named values for options not given (a --config file and flags override them); best: "
                 + ", ".join(f"{k} {v}" for k, v in PRESETS["best"].items()).replace("_", "-")
-                + ": the best recipe measured on CIMAT, in about 3 times the default's time (README, Quality).")
+                + ": the best recipe measured on CIMAT, in about the default's time (README, Quality).")
 _SCHEDULE_HELP = ("  [default: auto: {} for one split, {} for each fold of a fold ensemble]")
 _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separated, or 'all') that form the vessel "
                       "mask.  [default: every class but one named stenosis]")
@@ -168,10 +169,11 @@ _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separate
 @click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
 @click.option("--width", default=None, type=click.IntRange(4, 128), help=_default("Channels of the network's first level; deeper levels scale with it.", "width"))
 @click.option("--compile", "compile", default=None, type=click.Choice(["auto", "yes", "no"]), help=_default("torch.compile and channels_last for training; auto: on CUDA.", "compile"))
-@click.option("--init", default=None, metavar="auto|none|arcade-v1|MODEL_URI", help=_default("The weights training starts from: auto: coroseg's built-in arcade-v1 (the default network pretrained on 200 real ARCADE frames) for real frames and that network, else random; none: random; or a model URI to fine-tune (e.g. synthetic pretraining).", "init"))
+@click.option("--init", default=None, metavar="auto|none|" + "|".join(BUILTIN) + "|MODEL_URI", help=_default("The weights training starts from: auto: coroseg's built-in arcade-v1 (the default network pretrained on 200 real ARCADE frames) for real frames and that network, else random; none: random; arcade-v2: arcade-v1 trained longer on those frames (better on CIMAT); or a model URI to fine-tune (e.g. synthetic pretraining).", "init"))
 @click.option("--folds", default=None, metavar="auto|K", type=_AUTO_COUNT, help=_FOLDS_HELP)
 @click.option("--field-of-view/--no-field-of-view", "field_of_view", default=None, help=_default("Detect each frame's circular field of view; outside it: no loss, no metric, always background.", "field_of_view"))
 @click.option("--clahe/--no-clahe", default=None, help=_default("Contrast-limited adaptive histogram equalisation of every frame (predict does the same).", "clahe"))
+@click.option("--xray-augment/--no-xray-augment", "xray_augment", default=None, help=_default("Add training augmentation modelled on X-ray physics: contrast-agent strength, overlying anatomy, scatter and quantum noise, in the attenuation domain (measured on CIMAT: no gain; README, Quality).", "xray_augment"))
 @click.option("--loss", default=None, type=click.Choice(list(LOSSES)), help=_default("Training loss.", "loss"))
 @click.option("--epochs", default=None, metavar="auto|N", type=_AUTO_COUNT, help="Maximum epochs." + _SCHEDULE_HELP.format(ONE_SPLIT_SCHEDULE[0], PER_FOLD_SCHEDULE[0]))
 @click.option("--image-size", default=None, metavar=_SIDE.name, type=_SIDE, help=_default("Frames are resized to this side; native: the first frame's own side, rounded up to the network's divisor.", "image_size"))

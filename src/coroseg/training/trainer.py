@@ -380,7 +380,7 @@ def train(
         torch.backends.cudnn.benchmark = True   # every batch has one shape: time cuDNN's algorithms once, keep the best
     model.to(device)
     compile_step = compiled(config, device)
-    augment = BatchAugmentation().to(device) if config.augment else None
+    augment = BatchAugmentation(config.xray_augment).to(device) if config.augment else None
     loss_fn = build_loss(config.loss)
     loss_of = _training_loss(model, compile_step, augment, loss_fn, world)
     steps = len(_batches(len(data.train), config, 1, compile_step, world))
