@@ -59,3 +59,37 @@ def test_no_tracking_records_nothing_in_mlflow(tmp_path, small_config):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
     assert (tmp_path / result.value("local_record") / "final_model/weights/model.safetensors").is_file()
     assert "tracking failed" not in result.stderr
+
+
+def test_a_run_refused_for_a_moment_is_created_and_a_lasting_refusal_is_raised(monkeypatch):
+    """basic-auth writes the permission on a new experiment after the experiment: another process of the same
+    user may be refused its run in between; coroseg waits and asks again, a refusal that lasts is raised."""
+    import types
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    import coroseg.tracking.sender as sender
+
+    monkeypatch.setattr(sender, "PERMISSION_WAITS", (0.0, 0.0))
+
+    class Client:
+        def __init__(self, refusals: int) -> None:
+            self.refusals, self.calls = refusals, 0
+
+        def get_experiment_by_name(self, name):
+            return types.SimpleNamespace(experiment_id="1")
+
+        def create_run(self, experiment_id, **kwargs):
+            self.calls += 1
+            if self.calls <= self.refusals:
+                raise MlflowException("Permission denied", error_code=PERMISSION_DENIED)
+            return types.SimpleNamespace(info=types.SimpleNamespace(run_id="r1"))
+
+    start = {"time": 0.0, "tags": {}, "run_name": "x"}
+    once = Client(refusals=1)
+    assert sender.create_run(once, start, "e", None) == "r1" and once.calls == 2
+    always = Client(refusals=10)
+    with pytest.raises(MlflowException, match="Permission denied"):
+        sender.create_run(always, start, "e", None)
+    assert always.calls == 3                      # the first try and one after each wait

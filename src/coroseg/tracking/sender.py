@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,10 @@ ORIGINAL_RUN_TAG = "coroseg.original_run_id"
 # Refusals that no retry can change (a param logged again with another value, a malformed key): the
 # entries are set aside, reported, and not tried again.
 REJECTED_CODES = frozenset({"INVALID_PARAMETER_VALUE"})
+# A basic-auth server (mlflow server --app-name basic-auth) writes the creator's permission on a new experiment
+# after the experiment itself: a process of the same user that finds the experiment in between (team members'
+# trainings started at once) is refused the run for a moment. A refusal that outlasts these waits is real.
+PERMISSION_WAITS = (0.5, 1.0, 2.0)   # seconds
 
 
 def ms(seconds: float) -> int:
@@ -68,9 +73,19 @@ def create_run(client: Any, start: dict[str, Any], experiment: str, parent_run_i
     tags = context_registry.resolve_tags({**start.get("tags", {}), **(extra_tags or {})})  # user, source, git
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
-    run = client.create_run(resolve_experiment_id(client, experiment), start_time=ms(start["time"]), tags=tags,
-                            run_name=start.get("run_name"))
-    return run.info.run_id
+    experiment_id = resolve_experiment_id(client, experiment)
+
+    def new_run() -> str:
+        return client.create_run(experiment_id, start_time=ms(start["time"]), tags=tags,
+                                 run_name=start.get("run_name")).info.run_id
+    for wait in PERMISSION_WAITS:
+        try:
+            return new_run()
+        except Exception as exc:
+            if getattr(exc, "error_code", None) != "PERMISSION_DENIED":
+                raise
+        time.sleep(wait)
+    return new_run()
 
 
 def run_exists(client: Any, run_id: str) -> bool:
