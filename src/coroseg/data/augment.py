@@ -54,6 +54,12 @@ def _sample(values: torch.Tensor, chosen: torch.Tensor, identity: float) -> torc
     return torch.where(chosen, values, torch.full_like(values, identity))
 
 
+def _drawn(like: torch.Tensor, p: float, low: float, high: float, identity: float) -> torch.Tensor:
+    """Per sample, shaped (N, 1, 1, 1): a value drawn in [low, high] with probability p, else the identity."""
+    n = like.shape[0]
+    return _sample(_uniform(n, low, high, like), _chosen(n, p, like), identity).view(n, 1, 1, 1)
+
+
 def _geometry(like: torch.Tensor) -> torch.Tensor:
     """Per sample, the 2x3 matrix (normalised coordinates, output -> input) of flips then a random affine."""
     n = like.shape[0]
@@ -112,16 +118,16 @@ def _xray(images: torch.Tensor, vessels: torch.Tensor) -> torch.Tensor:
     # A vessel's extra attenuation: its own minus that of the tissue around it (the box's non-vessel pixels).
     tissue = 1.0 - vessels
     background = _box(attenuation * tissue, IODINE_POOL) / _box(tissue, IODINE_POOL).clamp_min(1e-3)
-    iodine = _sample(_uniform(n, *IODINE, images), _chosen(n, IODINE_P, images), 1.0).view(per_sample)
+    iodine = _drawn(images, IODINE_P, *IODINE, 1.0)
     attenuation = attenuation + (iodine - 1.0) * vessels * (attenuation - background).clamp_min(0.0)
     field = torch.randn(n, 1, ANATOMY_GRID, ANATOMY_GRID, device=images.device, dtype=images.dtype)
     field = F.interpolate(field, size=images.shape[2:], mode="bicubic", align_corners=False)
     anatomy = ANATOMY_STD * _chosen(n, ANATOMY_P, images).to(images.dtype).view(per_sample)
     attenuation = attenuation + anatomy * field
     frame = ((torch.exp(-attenuation) - XRAY_FLOOR) / (1.0 - XRAY_FLOOR)).clamp(0.0, 1.0)
-    veil = _sample(_uniform(n, *SCATTER, images), _chosen(n, SCATTER_P, images), 0.0).view(per_sample)
+    veil = _drawn(images, SCATTER_P, *SCATTER, 0.0)
     frame = (1.0 - veil) * frame + veil * _box(frame, SCATTER_POOL)
-    quantum = _sample(_uniform(n, *QUANTUM_STD, images), _chosen(n, QUANTUM_P, images), 0.0).view(per_sample)
+    quantum = _drawn(images, QUANTUM_P, *QUANTUM_STD, 0.0)
     return frame + quantum * frame.sqrt() * torch.randn_like(frame)
 
 
@@ -143,9 +149,9 @@ class BatchAugmentation(nn.Module):
                               padding_mode="zeros", align_corners=False)
         images, both = moved[:, :c], (moved[:, c:] > 0.5).to(images.dtype)
         per_sample = (n, 1, 1, 1)
-        gamma = _sample(_uniform(n, *GAMMA, images), _chosen(n, GAMMA_P, images), 1.0)
-        contrast = _sample(_uniform(n, *CONTRAST, images), _chosen(n, CONTRAST_P, images), 1.0)
-        images = (images.clamp(0.0, 1.0).pow(gamma.view(per_sample)) * contrast.view(per_sample)).clamp(0.0, 1.0)
+        gamma = _drawn(images, GAMMA_P, *GAMMA, 1.0)
+        contrast = _drawn(images, CONTRAST_P, *CONTRAST, 1.0)
+        images = (images.clamp(0.0, 1.0).pow(gamma) * contrast).clamp(0.0, 1.0)
         images = _blur(images)
         if self.xray:
             images = _xray(images, both[:, :1])

@@ -42,10 +42,13 @@ def is_rejection(exc: BaseException) -> bool:
 
 def already_exists(exc: BaseException) -> bool:
     """MLflow's answer to creating what another process created first (an experiment, a registered model)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+    return _has_code(exc, "RESOURCE_ALREADY_EXISTS")
 
-    return isinstance(exc, MlflowException) and exc.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS)
+
+def _has_code(exc: BaseException, code: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.error_code == code
 
 
 def resolve_experiment_id(client: Any, name: str) -> str:
@@ -82,7 +85,7 @@ def create_run(client: Any, start: dict[str, Any], experiment: str, parent_run_i
         try:
             return new_run()
         except Exception as exc:
-            if getattr(exc, "error_code", None) != "PERMISSION_DENIED":
+            if not _has_code(exc, "PERMISSION_DENIED"):
                 raise
         time.sleep(wait)
     return new_run()
