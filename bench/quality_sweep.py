@@ -66,8 +66,8 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "width32": {"width": 32},
     "epochs160": {"epochs": 160, "patience": 50},
     "native": {"image_size": NATIVE},
-    "best": PRESETS["best"],                 # coroseg train --preset best: the arcade-v2 start
-    "native_epochs160": {"image_size": NATIVE, "epochs": 160, "patience": 50},   # the preset best before it
+    "best": PRESETS["best"],                 # coroseg train --preset best's values (none now: the default)
+    "native_epochs160": {"image_size": NATIVE, "epochs": 160, "patience": 50},   # the preset best before arcade-v2
     "cldice": {"loss": "dice_cldice"},
     "xray": {"xray_augment": True},           # X-ray physics intensity augmentation (data/augment.py)
     "pretrain": {"pretrain": True},
@@ -76,7 +76,7 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "pretrain_real_lr1e-3": {"pretrain": "real", "learning_rate": 1e-3},
     "pretrain_fold": {"pretrain": "fold"},    # pretrained on the fold's own training frames (fold_job)
     "pretrain_fold_epochs160": {"pretrain": "fold", "epochs": 160, "patience": 50},
-    "scratch": {"init": None},                # random start (the default before the built-in arcade-v1)
+    "scratch": {"init": None},                # random start (the default before the built-in starts)
     "lr1e-3": {"learning_rate": 1e-3},
     "nostop": {"patience": 10_000},           # no early stop: every epoch of the schedule, best one kept
     "combo": {"width": 32, "epochs": 160, "patience": 50, "image_size": NATIVE},

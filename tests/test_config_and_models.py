@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -44,18 +46,19 @@ def test_the_auto_schedule_is_longer_for_one_model_than_for_each_fold_of_an_ense
     assert epoch_schedule(resolve(None, patience=3), 1) == (ONE_SPLIT_SCHEDULE[0], 3)
 
 
-def test_a_preset_replaces_defaults_and_a_config_file_and_flags_override_it(tmp_path):
+def test_a_preset_replaces_defaults_and_a_config_file_and_flags_override_it(tmp_path, monkeypatch):
+    assert PRESETS["best"] == {} and resolve(None, preset="best") == replace(TrainConfig(), preset="best")
+    monkeypatch.setitem(PRESETS, "best", {"init": "arcade-v1", "epochs": 160})     # how a preset with values acts
     best = resolve(None, preset="best")
-    assert (best.init, best.preset) == ("arcade-v2", "best")
+    assert (best.init, best.epochs, best.preset) == ("arcade-v1", 160, "best")
     assert best.learning_rate == TrainConfig().learning_rate          # what the preset leaves alone
     cfg = tmp_path / "c.yaml"
     cfg.write_text("preset: best\nepochs: 7\n")
     from_file = resolve(cfg, patience=3)
-    assert (from_file.init, from_file.epochs, from_file.patience) == ("arcade-v2", 7, 3)
+    assert (from_file.init, from_file.epochs, from_file.patience) == ("arcade-v1", 7, 3)
     assert resolve(cfg, init="none").init == "none"                  # a flag overrides the preset
-    cfg.write_text("preset: best\ninit: arcade-v1\n")
-    assert resolve(cfg).init == "arcade-v1"                          # and so does the file
-    assert PRESETS["best"] == {"init": "arcade-v2"}
+    cfg.write_text("preset: best\ninit: arcade-v2\n")
+    assert resolve(cfg).init == "arcade-v2"                          # and so does the file
 
 
 def test_native_is_the_first_frames_side_rounded_up_to_the_divisor(tmp_path):
@@ -157,5 +160,5 @@ def test_train_flags_reach_the_configuration_over_the_preset(monkeypatch):
     CliRunner().invoke(main, ["train", "--preset", "best", "--init", "arcade-v1", "--no-tracking"])
     CliRunner().invoke(main, ["train", "--image-size", "native", "--xray-augment", "--no-tracking"])
     assert [(c.preset, c.init, c.image_size, c.epochs, c.xray_augment) for c in taken] == [
-        ("best", "arcade-v2", 256, 9, False), ("best", "arcade-v1", 256, None, False),
+        ("best", "auto", 256, 9, False), ("best", "arcade-v1", 256, None, False),
         (None, "auto", NATIVE, None, True)]

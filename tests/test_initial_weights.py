@@ -1,21 +1,25 @@
-"""`--init auto` (the default): real frames and the default network start from the built-in weights arcade-v1;
-synthetic frames and other networks start from random weights; the start is recorded, and a training on frames
-the built-in start has seen is warned that its scores are optimistic."""
+"""`--init auto` (the default): real frames and the default network start from the built-in weights arcade-v2
+(arcade-v1 for frames arcade-v2 was trained on); synthetic frames and other networks start from random weights;
+the start is recorded, and a training on frames the built-in start has seen is warned that its scores are
+optimistic."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from coroseg.models import build_model
 from coroseg.training.checkpoint import load_weights
-from coroseg.training.initial_weights import BUILTIN, DEFAULT_BUILTIN, METADATA_KEY, builtin_path
+from coroseg.training.initial_weights import BUILTIN, DEFAULT_BUILTIN, METADATA_KEY, ON_ITS_OWN_FRAMES, builtin_path
 from tests.conftest import run_cli
 
 ARCADE = Path(__file__).parent / "data" / "arcade_yolo"   # two frames of arcade_syntax_val200
@@ -46,17 +50,17 @@ def test_each_built_in_start_is_a_safe_file_with_its_provenance(name):
     load_weights(builtin_path(name), build_model("unet"))        # fits the default network
 
 
-def test_arcade_v2_is_taken_when_named_and_differs_from_arcade_v1(pairs_dir, tmp_path, small_config):
-    result, recorded, final = _train(tmp_path, small_config, "--data", pairs_dir, "--init", "arcade-v2")
-    assert recorded["init"] == "arcade-v2" and "starting from the built-in weights arcade-v2" in result.stderr
-    assert _close(final, load_file(str(builtin_path("arcade-v2"))))
-    assert not _close(final, load_file(str(builtin_path(DEFAULT_BUILTIN))))
+def test_arcade_v1_is_taken_when_named_and_differs_from_arcade_v2(pairs_dir, tmp_path, small_config):
+    result, recorded, final = _train(tmp_path, small_config, "--data", pairs_dir, "--init", "arcade-v1")
+    assert recorded["init"] == "arcade-v1" and "starting from the built-in weights arcade-v1" in result.stderr
+    assert _close(final, load_file(str(builtin_path("arcade-v1"))))
+    assert not _close(final, load_file(str(builtin_path("arcade-v2"))))
 
 
 def test_real_frames_start_from_the_built_in_weights_by_default(pairs_dir, tmp_path, small_config):
     result, recorded, final = _train(tmp_path, small_config, "--data", pairs_dir)
-    assert recorded["init"] == DEFAULT_BUILTIN                  # recorded as what it was, not as "auto"
-    assert "starting from the built-in weights arcade-v1" in result.stderr
+    assert DEFAULT_BUILTIN == "arcade-v2" and recorded["init"] == DEFAULT_BUILTIN   # as taken, not as "auto"
+    assert "starting from the built-in weights arcade-v2" in result.stderr
     assert "were in its training" not in result.stderr           # these frames are not ARCADE's
     assert _close(final, load_file(str(builtin_path(DEFAULT_BUILTIN))))
 
@@ -79,11 +83,27 @@ def test_another_network_starts_from_random_weights_unless_the_start_is_named(pa
     assert len(named.stderr.strip().splitlines()) == 1 and not (tmp_path / "named").exists()
 
 
-@pytest.mark.parametrize("init", ["auto", DEFAULT_BUILTIN])
+@pytest.mark.parametrize("init", ["auto", "arcade-v1", "arcade-v2"])
 def test_training_on_frames_the_start_has_seen_is_warned(tmp_path, small_config, init):
-    result, recorded, _ = _train(tmp_path, small_config, "--data", ARCADE, "--init", init)
-    assert recorded["init"] == DEFAULT_BUILTIN
+    """On ARCADE's own frames auto takes arcade-v1 (measured out of fold there) and says why."""
+    result, recorded, final = _train(tmp_path, small_config, "--data", ARCADE, "--init", init)
+    taken = ON_ITS_OWN_FRAMES if init == "auto" else init
+    assert recorded["init"] == taken and _close(final, load_file(str(builtin_path(taken))))
     assert "2 of these 2 frames were in its training" in result.stderr and "--init none" in result.stderr
+    assert ("--init auto: arcade-v1, not arcade-v2: these frames were in arcade-v2's training" in result.stderr) \
+        == (init == "auto")
+
+
+def test_a_changed_frame_is_read_again_for_the_start(tmp_path, small_config):
+    """The frames' identities are kept for a second look in one process, but not once a file changes."""
+    data = tmp_path / "data"
+    shutil.copytree(ARCADE, data)
+    assert _train(tmp_path, small_config, "--data", data)[1]["init"] == ON_ITS_OWN_FRAMES
+    for image in (data / "images").iterdir():              # other pixels: no longer ARCADE's frames
+        pixels = np.asarray(Image.open(image).convert("L")).copy()
+        pixels[0, 0] ^= 1
+        Image.fromarray(pixels).save(image)
+    assert _train(tmp_path, small_config, "--data", data)[1]["init"] == DEFAULT_BUILTIN
 
 
 def test_a_bad_input_stays_one_line_when_the_start_has_something_to_say(tmp_path, small_config):

@@ -153,9 +153,9 @@ _SIDE = _WordOrNumber(NATIVE, 32, "SIDE")
 _FOLDS_HELP = ("K > 1: K-fold cross-validation: a parent run whose model is the folds' ensemble (the mean of their "
                "networks), one nested run per fold; 1: one train/validation split.  [default: auto: "
                f"{AUTO_FOLDS} for a real data set of {2 * AUTO_FOLDS} to {AUTO_FOLDS_MAX_FRAMES} frames, else 1]")
-_PRESET_HELP = ("Named values for options not given (a --config file and flags override them); best: "
-                + ", ".join(f"{k} {v}" for k, v in PRESETS["best"].items()).replace("_", "-")
-                + ": the best recipe measured on CIMAT, in about the default's time (README, Quality).")
+_PRESET_HELP = ("Named values for options not given (a --config file and flags override them); best: the best "
+                "recipe measured (README, Quality): " + (", ".join(f"{k} {v}" for k, v in PRESETS["best"].items())
+                                                         .replace("_", "-") or "the default's own values") + ".")
 _SCHEDULE_HELP = ("  [default: auto: {} for one split, {} for each fold of a fold ensemble]")
 _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separated, or 'all') that form the vessel "
                       "mask.  [default: every class but one named stenosis]")
@@ -169,7 +169,7 @@ _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separate
 @click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
 @click.option("--width", default=None, type=click.IntRange(4, 128), help=_default("Channels of the network's first level; deeper levels scale with it.", "width"))
 @click.option("--compile", "compile", default=None, type=click.Choice(["auto", "yes", "no"]), help=_default("torch.compile and channels_last for training; auto: on CUDA.", "compile"))
-@click.option("--init", default=None, metavar="auto|none|" + "|".join(BUILTIN) + "|MODEL_URI", help=_default("The weights training starts from: auto: coroseg's built-in arcade-v1 (the default network pretrained on 200 real ARCADE frames) for real frames and that network, else random; none: random; arcade-v2: arcade-v1 trained longer on those frames (better on CIMAT); or a model URI to fine-tune (e.g. synthetic pretraining).", "init"))
+@click.option("--init", default=None, metavar="auto|none|" + "|".join(BUILTIN) + "|MODEL_URI", help=_default("The weights training starts from: auto: coroseg's built-in arcade-v2 (the default network trained on 200 real ARCADE frames) for real frames and that network (arcade-v1, trained shorter, for frames arcade-v2 was trained on), else random; none: random; arcade-v1 or arcade-v2 by name; or a model URI to fine-tune (e.g. synthetic pretraining).", "init"))
 @click.option("--folds", default=None, metavar="auto|K", type=_AUTO_COUNT, help=_FOLDS_HELP)
 @click.option("--field-of-view/--no-field-of-view", "field_of_view", default=None, help=_default("Detect each frame's circular field of view; outside it: no loss, no metric, always background.", "field_of_view"))
 @click.option("--clahe/--no-clahe", default=None, help=_default("Contrast-limited adaptive histogram equalisation of every frame (predict does the same).", "clahe"))
