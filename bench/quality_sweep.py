@@ -76,6 +76,8 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "pretrain_real_lr1e-3": {"pretrain": "real", "learning_rate": 1e-3},
     "pretrain_fold": {"pretrain": "fold"},    # pretrained on the fold's own training frames (fold_job)
     "pretrain_fold_epochs160": {"pretrain": "fold", "epochs": 160, "patience": 50},
+    # made as arcade-v2 was: the fold's own pretraining, then the recipe (one split) on the fold's frames from it
+    "pretrain_fold_twice": {"pretrain": "fold_twice"},
     "scratch": {"init": None},                # random start (the default before the built-in starts)
     "lr1e-3": {"learning_rate": 1e-3},
     "nostop": {"patience": 10_000},           # no early stop: every epoch of the schedule, best one kept
@@ -126,10 +128,11 @@ def pretrain_job(config: TrainConfig, count: int, epochs: int, source: str, path
 
 
 def fold_job(config: TrainConfig, outer: int, fold: int, init_path: str | None, fold_pretrain_epochs: int = 0,
-             fold_pretrain_path: str | None = None) -> dict:
+             fold_pretrain_path: str | None = None, twice: bool = False) -> dict:
     """One fold trained and scored; `fold_pretrain_epochs` > 0 first trains the default recipe that long on the
     fold's own training frames and starts from its weights (the out-of-fold measure of starting a data set's
-    training from weights pretrained on that same set), kept in `fold_pretrain_path` for later sweeps."""
+    training from weights pretrained on that same set), kept in `fold_pretrain_path` for later sweeps. `twice`:
+    then the recipe on one split of those frames from them, as arcade-v2 was made from arcade-v1 (kept too)."""
     device = torch.device(config.device)
     split = replace(config, folds=outer)            # the outer folds; config.folds is the recipe's own (auto)
     data = _cached(tuple(getattr(split, f) for f in DATA_FIELDS), lambda: load_training_data(split))[fold]
@@ -137,7 +140,11 @@ def fold_job(config: TrainConfig, outer: int, fold: int, init_path: str | None, 
     init = None if init_path is None else _cached(init_path, lambda: torch.load(init_path, map_location="cpu"))
     t0 = time.perf_counter()
     if fold_pretrain_epochs:
-        init = _fold_pretrained(config, as_trained(data, config), device, fold_pretrain_epochs, fold_pretrain_path)
+        first = replace(config, **{**PRETRAIN_SHARED, "epochs": fold_pretrain_epochs, "init": None})
+        init = _kept_fit(first, as_trained(data, first), device, None, fold_pretrain_path)
+        if twice:                                   # one network of the recipe's schedule, as for ARCADE's 200
+            init = _kept_fit(config, as_trained(data, config), device, init,
+                             fold_pretrain_path and fold_pretrain_path.replace(".pt", f"_then_{_digest(config)}.pt"))
     trained = as_coroseg_trains(config, data, device, init, **_train_options())   # data.val: held out, scored
     scores = {tta: mean_metrics(score_fold(trained.model, trained.spec, device, pairs, data.val.names, tta == "yes"))
               for tta in ("no", "yes")}
@@ -146,25 +153,29 @@ def fold_job(config: TrainConfig, outer: int, fold: int, init_path: str | None, 
             "networks": trained.spec.members}
 
 
-def _fold_pretrained(config: TrainConfig, trained, device: torch.device, epochs: int, path: str | None) -> dict:
-    """The fold's pretrained weights: read from `path` when an earlier sweep made them, else trained (and kept)."""
+def _kept_fit(config: TrainConfig, trained, device: torch.device, init: dict | None, path: str | None) -> dict:
+    """The best weights of `config` fitted from `init`: read from `path` when an earlier sweep made them, else
+    trained (and kept)."""
     if path and Path(path).is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
-    first = replace(config, **{**PRETRAIN_SHARED, "epochs": epochs, "init": None})
-    state = copy.deepcopy(fit(first, trained, device, None, **_train_options())[0].state_dict())
+    state = copy.deepcopy(fit(config, trained, device, init, **_train_options())[0].state_dict())
     if path:
         torch.save(state, path + ".tmp")
         Path(path + ".tmp").replace(path)
     return state
 
 
+def _digest(config: TrainConfig) -> str:
+    """Names a fold's kept weights by what they depend on: the data, the recipe's fit, its epochs."""
+    keep = {f: getattr(config, f) for f in (*DATA_FIELDS, *PRETRAIN_SHARED, "width", "model_family", "loss",
+                                             "batch_size", "weight_decay", "device")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def fold_pretrain_path(weights_dir: Path, config: TrainConfig, epochs: int, fold: int) -> str:
     """Named by what the fold's pretraining depends on: the data, the default recipe's fit, its epochs."""
     first = replace(config, **{**PRETRAIN_SHARED, "epochs": epochs, "init": None})
-    keep = {f: getattr(first, f) for f in (*DATA_FIELDS, *PRETRAIN_SHARED, "width", "model_family", "loss",
-                                            "batch_size", "weight_decay", "device")}
-    name = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return str(weights_dir / f"fold_pretrained_{name}_{fold + 1}.pt")
+    return str(weights_dir / f"fold_pretrained_{_digest(first)}_{fold + 1}.pt")
 
 
 def folder_side(folder: Path) -> int:
@@ -204,7 +215,8 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
                              "was trained on these frames (its folds leak); pretrain_fold measures it honestly")
                 continue
             init = None
-            if wants_pretrain and wants_pretrain != "fold":
+            in_fold = wants_pretrain in ("fold", "fold_twice")
+            if wants_pretrain and not in_fold:
                 source = "synthetic" if wants_pretrain is True else str(args.pretrain_data)
                 if source != "synthetic" and args.pretrain_data.resolve() == folder.resolve():
                     notes.append(f"{folder.name} {lever}: left out, --pretrain-data is this data set (its folds leak)")
@@ -220,9 +232,10 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
                 init = pretrains[key]["path"]
             text = ", ".join(f"{k}={v}" for k, v in LEVERS[lever].items()).replace(NATIVE, str(native))
             for fold in args.only_folds or range(args.folds):
-                fold_pretrain = args.pretrain_epochs if wants_pretrain == "fold" else 0
+                fold_pretrain = args.pretrain_epochs if in_fold else 0
                 folds.append({"dataset": folder.name, "lever": lever, "overrides": text or "-", "fold": fold,
                               "config": config, "init": init, "fold_pretrain": fold_pretrain,
+                              "twice": wants_pretrain == "fold_twice",
                               "fold_pretrain_path": fold_pretrain_path(weights_dir, replace(config, folds=args.folds),
                                                                        fold_pretrain, fold)
                               if fold_pretrain else None})
@@ -327,7 +340,7 @@ def main() -> None:
                                 job["source"], job["path"])
                     if job["fold"] is None else pool.submit(fold_job, job["config"], args.folds, job["fold"],
                                                            job["init"], job["fold_pretrain"],
-                                                           job["fold_pretrain_path"])] = job
+                                                           job["fold_pretrain_path"], job["twice"])] = job
         if not running:
             break
         done, _ = wait(running, return_when=FIRST_COMPLETED)
