@@ -34,10 +34,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from quality_cv import pretrain  # noqa: E402 - the bench's own pretraining, shared with the sweep
 
 from coroseg.config import TrainConfig  # noqa: E402
-from coroseg.data.imageio import read_gray  # noqa: E402
 from coroseg.data.pairs import checked_scan  # noqa: E402
 from coroseg.model_spec import ModelSpec  # noqa: E402
-from coroseg.training.initial_weights import METADATA_KEY, frame_id  # noqa: E402
+from coroseg.training.initial_weights import METADATA_KEY, frame_ids  # noqa: E402
 
 EPOCHS = 60
 CITATION = ("ARCADE (Zenodo record 10390295; see it for the licence terms): M. Popov et al., Scientific Data 11, "
@@ -74,7 +73,7 @@ def main() -> None:
         "summary": summary,
         "recipe": recipe,
         "data": CITATION,
-        "frames": sorted(frame_id(read_gray(pair.image)) for pair in pairs),
+        "frames": sorted(frame_ids(pair.image for pair in pairs)),
     }
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
     save_file(tensors, str(args.out), metadata={METADATA_KEY: json.dumps(metadata)})

@@ -140,11 +140,11 @@ def fold_job(config: TrainConfig, outer: int, fold: int, init_path: str | None, 
     init = None if init_path is None else _cached(init_path, lambda: torch.load(init_path, map_location="cpu"))
     t0 = time.perf_counter()
     if fold_pretrain_epochs:
-        first = replace(config, **{**PRETRAIN_SHARED, "epochs": fold_pretrain_epochs, "init": None})
+        first = _pretraining(config, fold_pretrain_epochs)
         init = _kept_fit(first, as_trained(data, first), device, None, fold_pretrain_path)
         if twice:                                   # one network of the recipe's schedule, as for ARCADE's 200
-            init = _kept_fit(config, as_trained(data, config), device, init,
-                             fold_pretrain_path and fold_pretrain_path.replace(".pt", f"_then_{_digest(config)}.pt"))
+            then = fold_pretrain_path and f"{fold_pretrain_path.removesuffix('.pt')}_then_{_digest(config)}.pt"
+            init = _kept_fit(config, as_trained(data, config), device, init, then)
     trained = as_coroseg_trains(config, data, device, init, **_train_options())   # data.val: held out, scored
     scores = {tta: mean_metrics(score_fold(trained.model, trained.spec, device, pairs, data.val.names, tta == "yes"))
               for tta in ("no", "yes")}
@@ -172,10 +172,14 @@ def _digest(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _pretraining(config: TrainConfig, epochs: int) -> TrainConfig:
+    """A fold's pretraining: the shared pretraining recipe, `epochs` long, from random weights."""
+    return replace(config, **{**PRETRAIN_SHARED, "epochs": epochs, "init": None})
+
+
 def fold_pretrain_path(weights_dir: Path, config: TrainConfig, epochs: int, fold: int) -> str:
     """Named by what the fold's pretraining depends on: the data, the default recipe's fit, its epochs."""
-    first = replace(config, **{**PRETRAIN_SHARED, "epochs": epochs, "init": None})
-    return str(weights_dir / f"fold_pretrained_{_digest(first)}_{fold + 1}.pt")
+    return str(weights_dir / f"fold_pretrained_{_digest(_pretraining(config, epochs))}_{fold + 1}.pt")
 
 
 def folder_side(folder: Path) -> int:

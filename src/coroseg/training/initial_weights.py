@@ -22,7 +22,7 @@ import json
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -159,8 +159,13 @@ def frames_seen(config: TrainConfig, name: str) -> tuple[int, int]:
 
     seen = set(builtin_metadata(name)["frames"])
     pairs = checked_scan(config.data, config.data_format, config.mask_classes).pairs
-    stamped = tuple((str(pair.image), pair.image.stat().st_mtime_ns, pair.image.stat().st_size) for pair in pairs)
-    return sum(frame in seen for frame in _frame_ids(stamped)), len(pairs)
+    return sum(frame in seen for frame in frame_ids(pair.image for pair in pairs)), len(pairs)
+
+
+def frame_ids(images: Iterable[Path]) -> tuple[str, ...]:
+    """Each image's frame_id, decoded once per process while the file stays the same (path, mtime, size)."""
+    return _frame_ids(tuple((str(path), stat.st_mtime_ns, stat.st_size) for path in images
+                            for stat in [path.stat()]))
 
 
 @functools.lru_cache(maxsize=4)   # auto's choice and the warning ask for the same frames; a changed file misses
