@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The device check, one call on a GPU machine (see bench/README.md): the MONAI reference loop, then coroseg's
-# own train and predict (tracking on, real frames), then the quality sweep for the time left. Results in $OUT.
+# own train and predict (tracking on, real frames), where the step's time goes (PROFILE=1), a training under
+# cProfile (SPEED_PROFILE=1), then the quality sweep for the time left (SWEEP=1). Results in $OUT.
 # Carried: .whl (wheels the device image lacks) and .gpudata (the two shared sets and the reference script).
 set -uo pipefail
 start=$(date +%s)
@@ -13,16 +14,22 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== reference (install done at +$(( $(date +%s) - start )) s)"
 B=16 H=512 NETS=unet MODES=${MODES:-bf16,bf16_cl_compile} OUT=$OUT \
   timeout "${REF_TIMEOUT:-200}" python3 .gpudata/monai_reference_unet.py 2>&1 | grep -v Warning | tail -8
+echo "== coroseg train + predict (at +$(( $(date +%s) - start )) s)"
+timeout "${SPEED_TIMEOUT:-300}" python3 bench/gpu_speed.py --data .gpudata/arcade_syntax_val200 --work /tmp/speed \
+  --reference "$OUT/anchor_unet.json" --epochs "${SPEED_EPOCHS:-12}" --predict-count "${PREDICT_COUNT:-0}" 2>"$OUT/speed.err" | tee "$OUT/speed.md"
+tail -5 "$OUT/speed.err"
 if [[ "${PROFILE:-1}" == 1 ]]; then
   echo "== where the training step's time goes (at +$(( $(date +%s) - start )) s)"
   timeout "${PROFILE_TIMEOUT:-200}" python3 bench/gpu_profile.py --data .gpudata/arcade_syntax_val200 \
     ${PROFILE_VARIANTS:+--variants $PROFILE_VARIANTS} 2>"$OUT/profile.err" | tee "$OUT/profile.md"
   tail -3 "$OUT/profile.err"
 fi
-echo "== coroseg train + predict (at +$(( $(date +%s) - start )) s)"
-timeout "${SPEED_TIMEOUT:-300}" python3 bench/gpu_speed.py --data .gpudata/arcade_syntax_val200 --work /tmp/speed \
-  --reference "$OUT/anchor_unet.json" --epochs "${SPEED_EPOCHS:-12}" --predict-count "${PREDICT_COUNT:-0}" ${SPEED_PROFILE:+--profile} 2>"$OUT/speed.err" | tee "$OUT/speed.md"
-tail -5 "$OUT/speed.err"
+if [[ "${SPEED_PROFILE:-0}" == 1 ]]; then        # the host's time between training phases, under cProfile
+  echo "== coroseg train under cProfile (at +$(( $(date +%s) - start )) s)"
+  timeout "${SPEED_PROFILE_TIMEOUT:-150}" python3 bench/gpu_speed.py --data .gpudata/arcade_syntax_val200 \
+    --work /tmp/speed_profiled --epochs "${SPEED_PROFILE_EPOCHS:-5}" --profile --no-predict 2>"$OUT/speed_profiled.err" \
+    | tee "$OUT/speed_profiled.md"
+fi
 # The sweep: every CIMAT lever first (short jobs), then ARCADE's default against native 512 px, each given its
 # share of the time left; --max-seconds stops new jobs early enough for the running ones to finish.
 sweep() {   # $1: share of the time left (percent), then the sweep's own arguments

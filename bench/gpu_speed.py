@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--compile", default="auto")
     parser.add_argument("--predict-count", type=int, default=0, help="predict only the first N frames (0: all)")
+    parser.add_argument("--no-predict", action="store_true", help="train only")
     parser.add_argument("--profile", action="store_true",
                         help="train under cProfile and print the host's costliest calls (main thread)")
     args = parser.parse_args()
@@ -96,6 +97,8 @@ def main() -> None:
         stats = pstats.Stats(str(args.work / "train.prof"), stream=sys.stdout)
         stats.sort_stats("cumulative").print_stats("coroseg/", 45)
         stats.sort_stats("tottime").print_stats(20)
+    if args.no_predict:
+        return
     out, predict_wall = run(["predict", "--model", f"runs:/{trained}/pytorch_model", "--input",
                              str(predict_input(args)), "--output", str(args.work / "predictions"),
                              "--batch-size", str(args.batch_size), *common], env)

@@ -93,10 +93,75 @@ def test_epoch_metrics_in_their_own_process_equal_those_computed_at_once():
     fov[..., :4] = 0
     probabilities = (masks * 0.5 + torch.rand_like(masks) * 0.6).clamp(0, 1)   # some errors
     truths, fovs = masks[:, 0].numpy() > 0.5, fov[:, 0].numpy() > 0.5
-    inline, background = EpochMetrics(truths, fovs, background=False), EpochMetrics(truths, fovs, background=True)
+    inline = EpochMetrics(truths, fovs, background=False)
+    background = EpochMetrics(truths, fovs, background=True, workers=2)         # frames shared out: 2 and 1
     try:
         here, there = inline.submit(probabilities).result(), background.submit(probabilities).result(timeout=120)
     finally:
         background.close()
     assert set(here) >= {"val_cldice", "val_hd95", "val_iou"} and here == there
     assert 0 < here["val_iou"] < 1
+
+
+def test_epochs_are_handed_over_in_order_without_waiting_for_metrics_still_computed():
+    """On a GPU the loop goes on while earlier epochs' vessel metrics are computed; it waits only when more
+    than MAX_PENDING epochs are pending, and hands epochs over in order, each with its own metrics."""
+    from concurrent.futures import Future
+
+    import numpy as np
+
+    from coroseg.training.trainer import EpochResult, _EpochEnds
+
+    class Frames:
+        names = ["a"]
+
+        def __len__(self):
+            return 1
+
+        def masks(self):
+            return np.zeros((1, 4, 4), bool)
+
+        fovs = masks
+
+        def records(self, rows):
+            return np.zeros((1, 3, 4, 4), np.uint8)
+
+    futures: list[Future] = []
+
+    class Metrics:
+        in_background = True
+
+        def submit(self, probabilities):
+            futures.append(Future())
+            return futures[-1]
+
+        def close(self):
+            pass
+
+    handed: list[tuple[int, float]] = []
+
+    class Events:
+        def on_epoch_end(self, result, preview, history):
+            handed.append((result.epoch, result.val_cldice))
+
+    ends = _EpochEnds(Events(), Frames(), TrainConfig(synthetic_count=4, epochs=9), background=True, enabled=False)
+    ends.metrics = Metrics()
+    probabilities = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    for epoch in (1, 2):
+        ends.add(EpochResult(epoch, 1, 1, 0.5, 1e-3, 1, 1), probabilities, [])
+    assert handed == [] and len(ends.pending) == 2           # nothing known, nothing waited for
+    futures[1].set_result({"val_cldice": 0.2})
+    ends.flush(keep=len(ends.pending))
+    assert handed == []                                       # epoch 2 is known, but epoch 1 goes first
+    futures[0].set_result({"val_cldice": 0.1})
+    ends.flush(keep=len(ends.pending))
+    assert handed == [(1, 0.1), (2, 0.2)]
+    for epoch in (3, 4, 5):
+        ends.add(EpochResult(epoch, 1, 1, 0.5, 1e-3, 1, 1), probabilities, [])
+        if epoch == 4:
+            futures[2].set_result({"val_cldice": 0.3})       # a third pending epoch would make the loop wait
+    assert handed[-1] == (3, 0.3) and len(ends.pending) == 2
+    futures[3].set_result({"val_cldice": 0.4})
+    futures[4].set_result({"val_cldice": 0.5})
+    ends.flush()
+    assert handed == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4), (5, 0.5)]

@@ -265,6 +265,24 @@ def test_augmentation_draws_on_the_batch_device_and_keeps_the_range(xray):
     assert set(out_masks.unique().tolist()) <= {0.0, 1.0} and out_fov.shape == images.shape
 
 
+@pytest.mark.parametrize("xray", [False, True])
+def test_augmentation_is_a_function_of_its_draws(xray):
+    """The compiled training step draws the random numbers ahead of the changes (trainer._batch_loss): the
+    changes must use those numbers alone, and drawing them apart must give what drawing them inside does."""
+    images = torch.rand(4, 1, 32, 40)
+    masks, fov = (images > 0.8).float(), torch.ones_like(images)
+    augment = BatchAugmentation(xray)
+    torch.manual_seed(5)
+    inside = augment(images, masks, fov)
+    torch.manual_seed(5)
+    draws = augment.draw(tuple(images.shape), images.device)
+    torch.manual_seed(99)                        # the changes themselves draw nothing
+    apart, again = augment(images, masks, fov, draws), augment(images, masks, fov, draws)
+    for a, b, c in zip(inside, apart, again):
+        assert torch.equal(a, b) and torch.equal(b, c)
+    assert not torch.equal(augment(images, masks, fov)[0], inside[0])       # while new draws change them
+
+
 def _attenuation(frame: torch.Tensor) -> torch.Tensor:
     import coroseg.data.augment as augment
 

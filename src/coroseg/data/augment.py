@@ -41,6 +41,9 @@ SCATTER_P, SCATTER, SCATTER_POOL = 0.3, (0.05, 0.3), 31   # veil fraction; side 
 QUANTUM_P, QUANTUM_STD = 0.4, (0.01, 0.05)  # std of the noise at the brightest level, sqrt(level) below it
 
 
+Draws = dict[str, torch.Tensor]
+
+
 def _uniform(n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, device=like.device, dtype=like.dtype)
 
@@ -50,40 +53,62 @@ def _chosen(n: int, p: float, like: torch.Tensor) -> torch.Tensor:
     return torch.rand(n, device=like.device) < p
 
 
-def _sample(values: torch.Tensor, chosen: torch.Tensor, identity: float) -> torch.Tensor:
-    return torch.where(chosen, values, torch.full_like(values, identity))
+def draw(shape: tuple[int, int, int, int], device: torch.device, xray: bool = False) -> Draws:
+    """Every random number the augmentation of a batch of frames shaped `shape` (N,C,H,W) uses, drawn on the
+    device (no host sync). Drawn apart from the changes, which are then a pure function of frames and draws:
+    trainer.py compiles that function into one graph with the network, and the compiled step changes the
+    frames with the very numbers the eager one draws (torch.compile's own random numbers differ from eager
+    ones). The order of the draws is that of the changes, as it was when each change drew its own."""
+    n, c, h, w = shape
+    like = torch.empty(0, device=device)
+    d = {"affine": _chosen(n, AFFINE_P, like), "angle": _uniform(n, -ROTATION_DEGREES, ROTATION_DEGREES, like),
+         "zoom": _uniform(n, *SCALE, like), "shift": _uniform(2 * n, -2 * TRANSLATE, 2 * TRANSLATE, like).view(n, 2),
+         "flip_x": _chosen(n, FLIP_P, like), "flip_y": _chosen(n, FLIP_P, like)}
+    for name, low_high, p in (("gamma", GAMMA, GAMMA_P), ("contrast", CONTRAST, CONTRAST_P),
+                              ("blur", BLUR_SIGMA, BLUR_P)):
+        d[name], d[f"{name}_on"] = _uniform(n, *low_high, like), _chosen(n, p, like)
+    if not xray:
+        d["noise_on"] = _chosen(n, NOISE_P, like)
+        d["noise"] = torch.randn(shape, device=device)
+        return d
+    d["iodine"], d["iodine_on"] = _uniform(n, *IODINE, like), _chosen(n, IODINE_P, like)
+    d["field"] = torch.randn(n, 1, ANATOMY_GRID, ANATOMY_GRID, device=device)
+    d["anatomy_on"] = _chosen(n, ANATOMY_P, like)
+    d["veil"], d["veil_on"] = _uniform(n, *SCATTER, like), _chosen(n, SCATTER_P, like)
+    d["quantum"], d["quantum_on"] = _uniform(n, *QUANTUM_STD, like), _chosen(n, QUANTUM_P, like)
+    d["noise"] = torch.randn(n, 1, h, w, device=device)
+    return d
 
 
-def _drawn(like: torch.Tensor, p: float, low: float, high: float, identity: float) -> torch.Tensor:
-    """Per sample, shaped (N, 1, 1, 1): a value drawn in [low, high] with probability p, else the identity."""
-    n = like.shape[0]
-    return _sample(_uniform(n, low, high, like), _chosen(n, p, like), identity).view(n, 1, 1, 1)
+def _per_sample(d: Draws, name: str, identity: float) -> torch.Tensor:
+    """Shaped (N, 1, 1, 1): the drawn value where the change was chosen, else the identity."""
+    values = d[name]
+    return torch.where(d[f"{name}_on"], values, torch.full_like(values, identity)).view(-1, 1, 1, 1)
 
 
-def _geometry(like: torch.Tensor) -> torch.Tensor:
+def _geometry(d: Draws) -> torch.Tensor:
     """Per sample, the 2x3 matrix (normalised coordinates, output -> input) of flips then a random affine."""
-    n = like.shape[0]
-    apply = _chosen(n, AFFINE_P, like)
-    angle = _sample(_uniform(n, -ROTATION_DEGREES, ROTATION_DEGREES, like), apply, 0.0) * (math.pi / 180)
-    zoom = _sample(_uniform(n, *SCALE, like), apply, 1.0)
-    shift = _sample(_uniform(2 * n, -2 * TRANSLATE, 2 * TRANSLATE, like).view(n, 2), apply[:, None].expand(n, 2), 0.0)
-    flip_x = 1.0 - 2.0 * _chosen(n, FLIP_P, like).to(like.dtype)
-    flip_y = 1.0 - 2.0 * _chosen(n, FLIP_P, like).to(like.dtype)
+    apply = d["affine"]
+    angle = torch.where(apply, d["angle"], 0.0) * (math.pi / 180)
+    zoom = torch.where(apply, d["zoom"], 1.0)
+    shift = torch.where(apply[:, None], d["shift"], 0.0)
+    flip_x = 1.0 - 2.0 * d["flip_x"].to(angle.dtype)
+    flip_y = 1.0 - 2.0 * d["flip_y"].to(angle.dtype)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     rows_x = torch.stack([cos * flip_x, -sin * flip_y, shift[:, 0]], dim=1)
     rows_y = torch.stack([sin * flip_x, cos * flip_y, shift[:, 1]], dim=1)
     return torch.stack([rows_x, rows_y], dim=1)
 
 
-def _blur(images: torch.Tensor) -> torch.Tensor:
+def _blur(images: torch.Tensor, d: Draws) -> torch.Tensor:
     """A separable Gaussian blur with its own sigma per sample (a delta kernel where it is not chosen)."""
     n, c, h, w = images.shape
-    sigma = _uniform(n, *BLUR_SIGMA, images)
+    sigma = d["blur"]
     offsets = torch.arange(BLUR_SIZE, device=images.device, dtype=images.dtype) - BLUR_SIZE // 2
     kernel = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
     kernel = kernel / kernel.sum(dim=1, keepdim=True)
     delta = (offsets == 0).to(images.dtype).expand(n, BLUR_SIZE)
-    kernel = torch.where(_chosen(n, BLUR_P, images)[:, None], kernel, delta).repeat_interleave(c, dim=0)
+    kernel = torch.where(d["blur_on"][:, None], kernel, delta).repeat_interleave(c, dim=0)
     pad = BLUR_SIZE // 2
     x = F.pad(images.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
     x = F.conv2d(x, kernel.view(n * c, 1, 1, BLUR_SIZE), groups=n * c)
@@ -110,52 +135,51 @@ def _box_along(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     return (sums.index_select(dim, high) - sums.index_select(dim, low)) / count
 
 
-def _xray(images: torch.Tensor, vessels: torch.Tensor) -> torch.Tensor:
+def _xray(images: torch.Tensor, vessels: torch.Tensor, d: Draws) -> torch.Tensor:
     """The X-ray changes of the module docstring, each made to a frame with its own probability."""
-    n = images.shape[0]
-    per_sample = (n, 1, 1, 1)
     attenuation = -torch.log(XRAY_FLOOR + (1.0 - XRAY_FLOOR) * images)
     # A vessel's extra attenuation: its own minus that of the tissue around it (the box's non-vessel pixels).
     tissue = 1.0 - vessels
     background = _box(attenuation * tissue, IODINE_POOL) / _box(tissue, IODINE_POOL).clamp_min(1e-3)
-    iodine = _drawn(images, IODINE_P, *IODINE, 1.0)
+    iodine = _per_sample(d, "iodine", 1.0)
     attenuation = attenuation + (iodine - 1.0) * vessels * (attenuation - background).clamp_min(0.0)
-    field = torch.randn(n, 1, ANATOMY_GRID, ANATOMY_GRID, device=images.device, dtype=images.dtype)
-    field = F.interpolate(field, size=images.shape[2:], mode="bicubic", align_corners=False)
-    anatomy = ANATOMY_STD * _chosen(n, ANATOMY_P, images).to(images.dtype).view(per_sample)
+    field = F.interpolate(d["field"], size=images.shape[2:], mode="bicubic", align_corners=False)
+    anatomy = ANATOMY_STD * d["anatomy_on"].to(images.dtype).view(-1, 1, 1, 1)
     attenuation = attenuation + anatomy * field
     frame = ((torch.exp(-attenuation) - XRAY_FLOOR) / (1.0 - XRAY_FLOOR)).clamp(0.0, 1.0)
-    veil = _drawn(images, SCATTER_P, *SCATTER, 0.0)
+    veil = _per_sample(d, "veil", 0.0)
     frame = (1.0 - veil) * frame + veil * _box(frame, SCATTER_POOL)
-    quantum = _drawn(images, QUANTUM_P, *QUANTUM_STD, 0.0)
-    return frame + quantum * frame.sqrt() * torch.randn_like(frame)
+    quantum = _per_sample(d, "quantum", 0.0)
+    return frame + quantum * frame.sqrt() * d["noise"]
 
 
 class BatchAugmentation(nn.Module):
     """Frames, masks and fields of view in; augmented frames (clipped to [0,1]), binary masks and fields
     of view out. The FOV moves with the geometry, and the zeros padded in fall outside it. `xray`: the
-    attenuation-domain changes (module docstring) replace the constant-spread noise."""
+    attenuation-domain changes (module docstring) replace the constant-spread noise. `draws`: the random
+    numbers to use (`draw`), drawn here when not given."""
 
     def __init__(self, xray: bool = False) -> None:
         super().__init__()
         self.xray = xray
 
+    def draw(self, shape: tuple[int, int, int, int], device: torch.device) -> Draws:
+        return draw(shape, device, self.xray)
+
     @torch.no_grad()
-    def forward(self, images: torch.Tensor, masks: torch.Tensor,
-                fov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n, c = images.shape[:2]
-        grid = F.affine_grid(_geometry(images), list(images.shape[:2]) + list(images.shape[2:]), align_corners=False)
+    def forward(self, images: torch.Tensor, masks: torch.Tensor, fov: torch.Tensor,
+                draws: Draws | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d = self.draw(tuple(images.shape), images.device) if draws is None else draws
+        c = images.shape[1]
+        grid = F.affine_grid(_geometry(d), list(images.shape), align_corners=False)
         moved = F.grid_sample(torch.cat([images, masks, fov], dim=1), grid, mode="bilinear",
                               padding_mode="zeros", align_corners=False)
         images, both = moved[:, :c], (moved[:, c:] > 0.5).to(images.dtype)
-        per_sample = (n, 1, 1, 1)
-        gamma = _drawn(images, GAMMA_P, *GAMMA, 1.0)
-        contrast = _drawn(images, CONTRAST_P, *CONTRAST, 1.0)
+        gamma, contrast = _per_sample(d, "gamma", 1.0), _per_sample(d, "contrast", 1.0)
         images = (images.clamp(0.0, 1.0).pow(gamma) * contrast).clamp(0.0, 1.0)
-        images = _blur(images)
+        images = _blur(images, d)
         if self.xray:
-            images = _xray(images, both[:, :1])
+            images = _xray(images, both[:, :1], d)
         else:
-            noise = NOISE_STD * _chosen(n, NOISE_P, images).to(images.dtype).view(per_sample)
-            images = images + noise * torch.randn_like(images)
+            images = images + NOISE_STD * d["noise_on"].to(images.dtype).view(-1, 1, 1, 1) * d["noise"]
         return images.clamp_(0.0, 1.0), both[:, : masks.shape[1]], both[:, masks.shape[1]:]

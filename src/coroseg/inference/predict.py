@@ -7,18 +7,16 @@ The output folder is laid out exactly like the MLflow run (predictions/outputs, 
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +26,7 @@ from coroseg.data.dicom import is_dicom_file, probe_dicom, read_frame
 from coroseg.data.imageio import encode_png, read_gray
 from coroseg.data.pairs import MaskSource, find_inputs, ground_truth_for, load_mask
 from coroseg.errors import InputError
+from coroseg.host_threads import T, host_threads, in_order
 from coroseg.inference.model_loading import LoadedModel, load_model
 from coroseg.inference.predictor import DEFAULT_TTA, Predictor
 from coroseg.tracking import layout
@@ -137,29 +136,6 @@ def frames_to_predict(paths: list[Path]) -> list[FrameInput]:
         else:
             frames.append(image_frame(path, name, ground_truth_for(path)))
     return frames
-
-
-def host_threads() -> int:
-    """Threads for each frame's host work (decoding, field of view, post-processing, PNG encoding): SciPy,
-    Pillow and zlib release the GIL, so it spreads over the cores; one core is left to the thread that feeds
-    the network (bench/gpu_speed.py)."""
-    return max(1, min(16, (os.cpu_count() or 1) - 1))
-
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def in_order(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
-    """`fn` of each item, run in `pool` with at most `ahead` items in flight (memory stays bounded), the
-    results in the items' order."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -13,6 +13,7 @@ import random
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
@@ -146,33 +147,51 @@ def compiled(config: TrainConfig, device: torch.device) -> bool:
     return config.compile == "yes" or (config.compile == "auto" and device.type == "cuda")
 
 
-def _batch_loss(logits_of: Logits, augment: BatchAugmentation | None, loss_fn) -> BatchLoss:
+def _batch_loss(logits_of: Logits, augment: BatchAugmentation | None, loss_fn,
+                compile_options: dict | None = None) -> BatchLoss:
     """A training batch's loss from its records: the network's float inputs, the augmentation, the logits
-    (outside the field of view set to OUTSIDE_FOV_LOGIT) and the loss."""
-    def loss_of(records: torch.Tensor) -> torch.Tensor:
+    (outside the field of view set to OUTSIDE_FOV_LOGIT) and the loss. With `compile_options`, all of that is
+    compiled as one graph; the augmentation's random numbers are drawn ahead of it, eagerly (augment.draw)."""
+    def loss_of(records: torch.Tensor, draws) -> torch.Tensor:
         images, masks, fov = as_inputs(records)
         if augment is not None:
-            images, masks, fov = augment(images, masks, fov)
+            images, masks, fov = augment(images, masks, fov, draws)
         return loss_fn(_fov_logits(logits_of, images, fov), masks)
-    return loss_of
+
+    step = loss_of if compile_options is None else torch.compile(loss_of, dynamic=False, options=compile_options)
+
+    def batch_loss(records: torch.Tensor) -> torch.Tensor:
+        # as_inputs' frames: one channel of the records' side
+        draws = None if augment is None else augment.draw((len(records), 1, *records.shape[2:]), records.device)
+        return step(records, draws)
+    return batch_loss
 
 
 def _training_loss(model: SegmentationModel, compile_step: bool, augment: BatchAugmentation | None, loss_fn,
                    world: World = SINGLE) -> BatchLoss:
-    """The training step's loss function, with the network compiled (for one batch shape) or as it is; under
-    torchrun the network runs through DDP, which averages the gradients over the world. On one GPU the compiled
-    network is also captured as CUDA graphs: one launch replays its hundreds of kernels, which the host
-    otherwise queues one by one slower than an H200 runs them (bench/gpu_profile.py). Not under DDP: its
-    all-reduce runs outside graphs. (Compiling the whole step, augmentation and loss included, is
-    gpu_profile.py's `wholestep` candidate, not yet measured on a GPU.)"""
+    """The training step's loss function, compiled (for one batch shape) or as it is. What is compiled is what
+    measured fastest on each device (bench/gpu_profile.py):
+    - on a GPU, the network, captured as CUDA graphs: one launch replays its hundreds of kernels, which the
+      host otherwise queues one by one slower than an H200 runs them. Compiling the whole step with it (records'
+      conversion, augmentation, masking, loss) was slower there: 1,062 img/s against 1,234 (H200, 512 px,
+      batch 16);
+    - on a CPU, the whole step as one graph, its ~100 small kernels around the network fused: 241 img/s
+      against 185 for the network alone (2 cores, 64 px, width 8). The augmentation's random numbers are drawn
+      ahead of it as eager training draws them, so the compiled training is the eager one within float
+      rounding (tests/test_compiled_training.py);
+    - under torchrun, the network inside DDP (which averages the gradients over the world), without CUDA
+      graphs: DDP's all-reduce runs outside them."""
     device = next(model.parameters()).device
-    if compile_step:
-        model.to(memory_format=torch.channels_last)       # before DDP, which lays out its buckets by the weights
-    forward = distributed.data_parallel(model, device) if world.distributed else model.logits
-    if compile_step:
-        graphs = device.type == "cuda" and not world.distributed
-        forward = _channels_last(torch.compile(forward, dynamic=False, mode="reduce-overhead" if graphs else None))
-    return _batch_loss(forward, augment, loss_fn)
+    if not compile_step:
+        forward = distributed.data_parallel(model, device) if world.distributed else model.logits
+        return _batch_loss(forward, augment, loss_fn)
+    model.to(memory_format=torch.channels_last)           # before DDP, which lays out its buckets by the weights
+    if device.type == "cpu" and not world.distributed:
+        return _batch_loss(_channels_last(model.logits), augment, loss_fn, compile_options={})
+    network = distributed.data_parallel(model, device) if world.distributed else model.logits
+    graphs = device.type == "cuda" and not world.distributed
+    return _batch_loss(_channels_last(torch.compile(network, dynamic=False, mode="reduce-overhead" if graphs else None)),
+                       augment, loss_fn)
 
 
 def _channels_last(forward: Logits) -> Logits:
@@ -282,29 +301,37 @@ def _validate_world(model, source, frames: Frames, config, loss_fn,
 class _EpochEnds:
     """Hands each finished epoch, with its vessel metrics (epoch_metrics.py), to the events, in order.
 
-    On a GPU the metrics of an epoch are computed while the next one trains, and the epoch is handed over once
-    they are known (one epoch late); on a CPU at once. A stop by signal hands the pending epoch over first; a
-    process killed outright (SIGKILL) on a GPU loses the last epoch's record entries, though its saved state is
-    complete and `--resume` goes on from it."""
+    On a GPU the metrics of an epoch are computed while the next ones train, and the epoch is handed over once
+    they are known: the loop waits for them only when more than MAX_PENDING epochs are waiting. On a CPU at
+    once. A stop by signal hands the pending epochs over first; a process killed outright (SIGKILL) on a GPU
+    loses the record entries of the epochs still pending, though its saved state is complete and `--resume`
+    goes on from it."""
+
+    MAX_PENDING = 2
 
     def __init__(self, events: TrainingEvents, val: Frames, config: TrainConfig, background: bool,
                  enabled: bool) -> None:
         self.events, self.val, self.config = events, val, config
         self.metrics = EpochMetrics(val.masks(), val.fovs(), background) if enabled else None
-        self.pending: tuple[EpochResult, torch.Tensor, list[EpochResult], Future | None] | None = None
+        self.pending: deque[tuple[EpochResult, torch.Tensor, list[EpochResult], Future | None]] = deque()
 
     def add(self, result: EpochResult, probabilities: torch.Tensor, history: list[EpochResult]) -> None:
-        self.flush()
         metrics = self.metrics.submit(probabilities) if self.metrics is not None else None
-        self.pending = (result, probabilities, list(history), metrics)
-        if self.metrics is None or not self.metrics.in_background:
-            self.flush()
+        self.pending.append((result, probabilities, list(history), metrics))
+        self.flush(keep=self.MAX_PENDING)
 
-    def flush(self) -> None:
-        if self.pending is None:
-            return
-        result, probabilities, history, metrics = self.pending
-        self.pending = None
+    def flush(self, keep: int = 0) -> None:
+        """Hands over the pending epochs whose metrics are known, in order, and waits for the others until at
+        most `keep` are left."""
+        while self.pending and (len(self.pending) > keep or self._ready(self.pending[0][3])):
+            self._hand_over(*self.pending.popleft())
+
+    @staticmethod
+    def _ready(metrics) -> bool:
+        return metrics is None or metrics.done()
+
+    def _hand_over(self, result: EpochResult, probabilities: torch.Tensor, history: list[EpochResult],
+                   metrics) -> None:
         for name, value in (metrics.result() if metrics is not None else {}).items():
             setattr(result, name, value)
         log.info(
@@ -408,7 +435,7 @@ def train(
                                        time.perf_counter() - t0, seen / t_train)
             epoch_result.is_best = val_dice > result.best_val_dice
             result.history.append(epoch_result)
-            ends.flush()                    # the previous epoch first: its metrics were computed meanwhile
+            ends.flush(keep=len(ends.pending))      # earlier epochs whose metrics were computed meanwhile
             if epoch_result.is_best:
                 result.best_epoch, result.best_val_dice, since_best = epoch, val_dice, 0
                 result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
