@@ -41,9 +41,10 @@ sweep() {   # $1: share of the time left (percent), then the sweep's own argumen
   timeout $(( give - 5 )) python3 bench/quality_sweep.py --compile no --workers "${WORKERS:-4}" \
     --max-seconds $(( give * 55 / 100 )) "$@" 2>>"$OUT/sweep.err" | tail -40
 }
-[[ "${SWEEP:-1}" == 1 ]] || budget=0
-sweep 45 --data .gpudata/cimat40_train --out /tmp/sweep_cimat
-sweep 100 --data .gpudata/arcade_syntax_val200 --levers default native width32 --out /tmp/sweep_arcade
-tail -3 "$OUT/sweep.err"
-for d in cimat arcade; do cp /tmp/sweep_$d/results.json "$OUT/sweep_$d.json" 2>/dev/null; done
+if [[ "${SWEEP:-1}" == 1 ]]; then
+  sweep 45 --data .gpudata/cimat40_train --out /tmp/sweep_cimat
+  sweep 100 --data .gpudata/arcade_syntax_val200 --levers default native width32 --out /tmp/sweep_arcade
+  tail -3 "$OUT/sweep.err"
+  for d in cimat arcade; do cp /tmp/sweep_$d/results.json "$OUT/sweep_$d.json" 2>/dev/null; done
+fi
 echo "== done at +$(( $(date +%s) - start )) s"
