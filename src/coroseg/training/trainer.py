@@ -190,8 +190,8 @@ def _training_loss(model: SegmentationModel, compile_step: bool, augment: BatchA
         return _batch_loss(_channels_last(model.logits), augment, loss_fn, compile_options={})
     network = distributed.data_parallel(model, device) if world.distributed else model.logits
     graphs = device.type == "cuda" and not world.distributed
-    return _batch_loss(_channels_last(torch.compile(network, dynamic=False, mode="reduce-overhead" if graphs else None)),
-                       augment, loss_fn)
+    network = torch.compile(network, dynamic=False, mode="reduce-overhead" if graphs else None)
+    return _batch_loss(_channels_last(network), augment, loss_fn)
 
 
 def _channels_last(forward: Logits) -> Logits:
