@@ -60,6 +60,19 @@ def test_frames_are_prepared_once_then_found(folder, cache, caplog):
     assert not (records[:, 1] & (1 - records[:, 2])).any()       # no vessel outside the field of view
 
 
+def test_frames_prepared_in_threads_make_the_same_cache_file_as_one_at_a_time(folder, tmp_path, monkeypatch):
+    import coroseg.data.dataset as dataset
+
+    files = {}
+    for threads in (1, 3):
+        monkeypatch.setenv("COROSEG_CACHE_DIR", str(tmp_path / f"cache_{threads}"))
+        monkeypatch.setattr(dataset, "host_threads", lambda spare=0, n=threads: n)
+        load_training_data(_config(folder))
+        files[threads] = _cache_files(tmp_path / f"cache_{threads}")
+    assert len(files[1]) == len(files[3]) == 1 and files[1][0].name == files[3][0].name
+    assert files[1][0].read_bytes() == files[3][0].read_bytes()
+
+
 def test_a_native_image_size_is_the_frames_side_rounded_up_and_is_recorded_as_taken(tmp_path, cache):
     from coroseg.data.synthetic import write_synthetic_set
 
