@@ -132,8 +132,8 @@ def main() -> None:
     def row(label: str, seconds: float, count: int) -> None:
         print(f"| {label} | {count / seconds:.0f} | {1e3 * seconds * args.batch_size / count:.1f} |", flush=True)
 
-    labels = {"loop": "loop (coroseg train)", "noaug": "loop, no augmentation", "nographs": "loop, network compiled, no CUDA graphs",
-              "wholestep": "loop, whole step compiled"}
+    labels = {"loop": "loop (coroseg train)", "noaug": "loop, no augmentation",
+              "nographs": "loop, network compiled, no CUDA graphs", "wholestep": "loop, whole step compiled"}
     for variant in args.variants:
         try:
             if variant == "reference":

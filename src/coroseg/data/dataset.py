@@ -211,6 +211,7 @@ def _frame_file(source, config: TrainConfig) -> tuple[FrameFile, dict, str]:
     except OSError as e:
         raise InputError(f"{path.parent}: cannot write the frame cache ({e.strerror}); set COROSEG_CACHE_DIR "
                          "to a writable folder") from e
+
     def prepared(pair: tuple[np.ndarray, np.ndarray]):
         return pair, _prepared(*pair, settings, config.image_size)
 

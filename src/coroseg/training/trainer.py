@@ -182,13 +182,13 @@ def _training_loss(model: SegmentationModel, compile_step: bool, augment: BatchA
     - under torchrun, the network inside DDP (which averages the gradients over the world), without CUDA
       graphs: DDP's all-reduce runs outside them."""
     device = next(model.parameters()).device
-    if not compile_step:
-        forward = distributed.data_parallel(model, device) if world.distributed else model.logits
-        return _batch_loss(forward, augment, loss_fn)
-    model.to(memory_format=torch.channels_last)           # before DDP, which lays out its buckets by the weights
-    if device.type == "cpu" and not world.distributed:
-        return _batch_loss(_channels_last(model.logits), augment, loss_fn, compile_options={})
+    if compile_step:
+        model.to(memory_format=torch.channels_last)       # before DDP, which lays out its buckets by the weights
     network = distributed.data_parallel(model, device) if world.distributed else model.logits
+    if not compile_step:
+        return _batch_loss(network, augment, loss_fn)
+    if device.type == "cpu" and not world.distributed:
+        return _batch_loss(_channels_last(network), augment, loss_fn, compile_options={})
     graphs = device.type == "cuda" and not world.distributed
     network = torch.compile(network, dynamic=False, mode="reduce-overhead" if graphs else None)
     return _batch_loss(_channels_last(network), augment, loss_fn)
