@@ -82,6 +82,9 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "lr1e-3": {"learning_rate": 1e-3},
     "nostop": {"patience": 10_000},           # no early stop: every epoch of the schedule, best one kept
     "combo": {"width": 32, "epochs": 160, "patience": 50, "image_size": NATIVE},
+    "ema5": {"ema_epochs": 5.0},              # a moving average of the weights, time constant 5 epochs
+    "single_ema2": {"folds": 1, "epochs": 80, "patience": 25, "ema_epochs": 2.0},
+    "single_ema5": {"folds": 1, "epochs": 80, "patience": 25, "ema_epochs": 5.0},
 }
 DATA_FIELDS = ("data", "data_format", "mask_classes", "synthetic_count", "synthetic_size", "val_fraction", "folds",
                "image_size", "field_of_view", "clahe", "seed")   # what load_training_data depends on

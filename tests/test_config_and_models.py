@@ -158,7 +158,8 @@ def test_train_flags_reach_the_configuration_over_the_preset(monkeypatch):
     monkeypatch.setattr(coroseg.training.run, "run_training", capture)
     CliRunner().invoke(main, ["train", "--preset", "best", "--epochs", "9", "--no-tracking"])
     CliRunner().invoke(main, ["train", "--preset", "best", "--init", "arcade-v1", "--no-tracking"])
-    CliRunner().invoke(main, ["train", "--image-size", "native", "--xray-augment", "--no-tracking"])
-    assert [(c.preset, c.init, c.image_size, c.epochs, c.xray_augment) for c in taken] == [
-        ("best", "auto", 256, 9, False), ("best", "arcade-v1", 256, None, False),
-        (None, "auto", NATIVE, None, True)]
+    CliRunner().invoke(main, ["train", "--image-size", "native", "--xray-augment", "--ema-epochs", "2.5",
+                              "--no-tracking"])
+    assert [(c.preset, c.init, c.image_size, c.epochs, c.xray_augment, c.ema_epochs) for c in taken] == [
+        ("best", "auto", 256, 9, False, 0.0), ("best", "arcade-v1", 256, None, False, 0.0),
+        (None, "auto", NATIVE, None, True, 2.5)]

@@ -179,6 +179,7 @@ _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separate
 @click.option("--image-size", default=None, metavar=_SIDE.name, type=_SIDE, help=_default("Frames are resized to this side; native: the first frame's own side, rounded up to the network's divisor.", "image_size"))
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help=_default("", "batch_size"))
 @click.option("--learning-rate", default=None, type=click.FloatRange(min=0, min_open=True), help=_default("AdamW learning rate.", "learning_rate"))
+@click.option("--ema-epochs", default=None, type=click.FloatRange(min=0), help=_default("Validate, keep and save a moving average of the weights with this time constant in epochs (0: the weights as trained).", "ema_epochs"))
 @click.option("--patience", default=None, metavar="auto|N", type=_AUTO_COUNT, help="Early stop after this many epochs without a better val Dice." + _SCHEDULE_HELP.format(ONE_SPLIT_SCHEDULE[1], PER_FOLD_SCHEDULE[1]))
 @click.option("--seed", default=None, type=int, help=_default("Same seed, same split and initial weights.", "seed"))
 @click.option("--device", default=None, type=click.Choice(["auto", "cpu", "cuda"]), help=_default("", "device"))

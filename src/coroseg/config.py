@@ -46,6 +46,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
     patience: int | None = None         # epochs without a better val Dice before stopping; None (auto): schedule
+    ema_epochs: float = 0.0             # > 0: validate and keep a moving average of the weights, time constant in
+                                        # epochs (trainer._weight_average); 0: the weights as trained
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda
     compile: str = "auto"               # torch.compile + channels_last for training: auto (on CUDA) | yes | no
@@ -130,6 +132,8 @@ def _validate(config: TrainConfig) -> TrainConfig:
         raise InputError(f"config: val_fraction must be between 0 and 1, got {config.val_fraction}")
     if config.width % 4 or config.width > 128:
         raise InputError(f"config: width must be a multiple of 4 up to 128, got {config.width}")
+    if not config.ema_epochs >= 0:                    # NaN too
+        raise InputError(f"config: ema_epochs must be a number of at least 0, got {config.ema_epochs!r}")
     if config.loader_workers is not None and config.loader_workers < 0:
         raise InputError(f"config: loader_workers must be at least 0, got {config.loader_workers}")
     if config.preset is not None and config.preset not in PRESETS:

@@ -45,6 +45,7 @@ class TrainingState:
     best_val_probabilities: torch.Tensor | None = None
     stopped_early: bool = False
     training_duration_seconds: float = 0.0        # summed over the processes that trained this run
+    average: dict[str, torch.Tensor] | None = None  # the weight average's state_dict (ema_epochs), or None
 
 
 def rng_state() -> dict[str, Any]:
@@ -125,6 +126,8 @@ def save_state(record_dir: Path, state: TrainingState) -> None:
     tensors = {**_prefixed("model", state.model)}
     if state.best_model is not None:
         tensors.update(_prefixed("best", state.best_model))
+    if state.average is not None:
+        tensors.update(_prefixed("average", state.average))
     if state.best_val_probabilities is not None:
         tensors["best_val_probabilities"] = state.best_val_probabilities.contiguous()
     optimizer = _split_optimizer(state.optimizer, tensors)
@@ -155,7 +158,7 @@ def load_state(record_dir: Path) -> TrainingState | None:
         **{name: meta[name] for name in _PLAIN_FIELDS},
         model=_unprefixed("model", tensors), optimizer=_join_optimizer(meta["optimizer"], tensors),
         rng=_join_rng(meta["rng"], tensors), best_model=_unprefixed("best", tensors) or None,
-        best_val_probabilities=tensors.get("best_val_probabilities"),
+        best_val_probabilities=tensors.get("best_val_probabilities"), average=_unprefixed("average", tensors) or None,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import random
 import signal
 import sys
@@ -133,6 +134,18 @@ def _optimizer_and_schedule(config: TrainConfig, model: torch.nn.Module, steps_p
     return optimizer, schedule
 
 
+def _weight_average(config: TrainConfig, model: torch.nn.Module, steps_per_epoch: int):
+    """An exponential moving average of the weights, updated after every step (`ema_epochs`: its time constant
+    in epochs, so that it spans the same share of a training whatever the steps of an epoch); None when off.
+    Validation, the best epoch and the saved model are then the average's."""
+    if not config.ema_epochs:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    decay = math.exp(-1.0 / (config.ema_epochs * steps_per_epoch))
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 # Logit given to pixels outside the field of view: its sigmoid is ~2e-9, so such a pixel (whose mask is 0)
 # adds nothing to any loss, and masked_fill passes it no gradient.
 OUTSIDE_FOV_LOGIT = -20.0
@@ -235,7 +248,8 @@ def _shard(count: int, config: TrainConfig, epoch: int, world: World) -> torch.T
 
 
 def _train_epoch(loss_of: BatchLoss, whole_only: bool, model, source, frames: Frames, config, optimizer, schedule,
-                 device, epoch, stop: StopCheck | None = None, world: World = SINGLE) -> tuple[float, int]:
+                 device, epoch, stop: StopCheck | None = None, world: World = SINGLE,
+                 average=None) -> tuple[float, int]:
     """The mean training loss and the number of frames trained on (over the world). The loss stays on the
     device until the epoch ends: a per-step `.item()` would make the host wait for every step."""
     model.train()
@@ -249,6 +263,8 @@ def _train_epoch(loss_of: BatchLoss, whole_only: bool, model, source, frames: Fr
         loss.backward()
         optimizer.step()
         schedule.step()
+        if average is not None:
+            average.update_parameters(model)
         total += loss.detach() * len(idx)
         seen += len(idx)
         if stop is not None and (signum := stop()) is not None:
@@ -357,13 +373,15 @@ def _preview(frames: Frames, probabilities: torch.Tensor, count: int) -> Preview
     )
 
 
-def _checkpoint(epoch: int, since_best: int, model, optimizer, schedule, result: TrainResult) -> TrainingState:
+def _checkpoint(epoch: int, since_best: int, model, optimizer, schedule, result: TrainResult,
+                average=None) -> TrainingState:
     return TrainingState(
         epoch=epoch, since_best=since_best, best_epoch=result.best_epoch, best_val_dice=result.best_val_dice,
         history=[asdict(h) for h in result.history], model=model.state_dict(), optimizer=optimizer.state_dict(),
         schedule=schedule.state_dict(), rng=rng_state(), best_model=result.best_state,
         best_val_probabilities=result.best_val_probabilities, stopped_early=result.stopped_early,
-        training_duration_seconds=result.training_duration_seconds)
+        training_duration_seconds=result.training_duration_seconds,
+        average=None if average is None else average.state_dict())
 
 
 def result_of(state: TrainingState) -> TrainResult:
@@ -377,11 +395,13 @@ def result_of(state: TrainingState) -> TrainResult:
                        best_val_probabilities=None if probabilities is None else quantized(probabilities))
 
 
-def _restore(state: TrainingState, model, optimizer, schedule) -> None:
-    """Put model, optimizer, schedule and RNGs back as they were after `state.epoch`."""
+def _restore(state: TrainingState, model, optimizer, schedule, average=None) -> None:
+    """Put model, optimizer, schedule, weight average and RNGs back as they were after `state.epoch`."""
     model.load_state_dict(state.model)
     optimizer.load_state_dict(state.optimizer)
     schedule.load_state_dict(state.schedule)
+    if average is not None and state.average is not None:     # the state of a run with ema_epochs holds it
+        average.load_state_dict(state.average)
     restore_rng(state.rng)
     log.info("resuming after epoch %d (best val_dice %.4f at epoch %d)", state.epoch, state.best_val_dice,
              state.best_epoch)
@@ -412,6 +432,8 @@ def train(
     loss_of = _training_loss(model, compile_step, augment, loss_fn, world)
     steps = len(_batches(len(data.train), config, 1, compile_step, world))
     optimizer, schedule = _optimizer_and_schedule(config, model, steps)
+    average = _weight_average(config, model, steps)
+    evaluated = model if average is None else average.module      # what is validated, kept as best and saved
     source = frame_source(data.train.file, device, config.loader_workers)     # val's frames are in the same file
     # Under torchrun the vessel metrics too run in a process of their own: there MONAI's metrics, which gather
     # from every rank once a process group exists, see rank 0's frames only, as meant.
@@ -419,7 +441,7 @@ def train(
                       enabled=epoch_vessel_metrics and world.main)
     result, since_best, started = TrainResult(), 0, time.perf_counter()
     if resume is not None:
-        _restore(resume, model, optimizer, schedule)
+        _restore(resume, model, optimizer, schedule, average)
         result, since_best = result_of(resume), resume.since_best
     previous_seconds = result.training_duration_seconds     # of the run's earlier processes, when resumed
     try:
@@ -428,9 +450,10 @@ def train(
                 break
             t0 = time.perf_counter()
             train_loss, seen = _train_epoch(loss_of, compile_step, model, source, data.train, config, optimizer,
-                                            schedule, device, epoch, None if world.distributed else stop, world)
+                                            schedule, device, epoch, None if world.distributed else stop, world,
+                                            average)
             t_train = time.perf_counter() - t0
-            val_loss, val_dice, probabilities = _validate_world(model, source, data.val, config, loss_fn, world)
+            val_loss, val_dice, probabilities = _validate_world(evaluated, source, data.val, config, loss_fn, world)
             epoch_result = EpochResult(epoch, train_loss, val_loss, val_dice, optimizer.param_groups[0]["lr"],
                                        time.perf_counter() - t0, seen / t_train)
             epoch_result.is_best = val_dice > result.best_val_dice
@@ -438,16 +461,16 @@ def train(
             ends.flush(keep=len(ends.pending))      # earlier epochs whose metrics were computed meanwhile
             if epoch_result.is_best:
                 result.best_epoch, result.best_val_dice, since_best = epoch, val_dice, 0
-                result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in evaluated.state_dict().items()}
                 result.best_val_probabilities = probabilities
-                events.on_best(epoch_result, model, optimizer)
+                events.on_best(epoch_result, evaluated, optimizer)
             else:
                 since_best += 1
             ends.add(epoch_result, probabilities, result.history)
             result.stopped_early = since_best >= config.patience and epoch < config.epochs
             result.training_duration_seconds = previous_seconds + time.perf_counter() - started
             if world.main:
-                events.on_checkpoint(_checkpoint(epoch, since_best, model, optimizer, schedule, result))
+                events.on_checkpoint(_checkpoint(epoch, since_best, model, optimizer, schedule, result, average))
             if world.distributed and stop is not None and distributed.any_rank(stop() is not None, device):
                 raise TrainingInterrupted(stop() or int(signal.SIGTERM))
             if result.stopped_early:
