@@ -4,10 +4,10 @@ coroseg ships two starts, both the default network trained on the 200 real ARCAD
 `arcade_syntax_val200` (bench/pretrained_weights.py makes them): `arcade-v1` (60 epochs from random weights) and
 `arcade-v2` (arcade-v1 trained 160 more epochs by the default recipe). `--init auto` (the default) starts every
 training on real frames with the network they were trained as from `arcade-v2`: on CIMAT's fold ensemble it
-scores 0.794 out of fold against arcade-v1's 0.786 and random weights' lower still (README, quality). On frames
-arcade-v2 was trained on (ARCADE's 200) auto takes `arcade-v1`, whose out-of-fold measure there is made (each
-fold pretrained on its own frames: bench/quality_sweep.py pretrain_fold); that of a start trained twice on
-them is not. Synthetic data and other networks start from random weights.
+scores 0.794 out of fold against arcade-v1's 0.786 and random weights' lower still, and on ARCADE's own frames
+a start made as it was inside each fold (bench/quality_sweep.py pretrain_fold_twice) scores 0.793 against
+0.788 for one made as arcade-v1 was, better in all 5 folds (README, quality). Synthetic data and other
+networks start from random weights.
 
 The file is safetensors (no pickle) with its provenance in the header: the recipe, the data's citation and a
 hash of every frame it saw. A training whose own frames are among them is warned: its validation and
@@ -37,7 +37,6 @@ AUTO, NONE = "auto", "none"
 BUILTIN = {"arcade-v1": "arcade_v1.safetensors",     # name -> file in coroseg/training/pretrained/
            "arcade-v2": "arcade_v2.safetensors"}
 DEFAULT_BUILTIN = "arcade-v2"
-ON_ITS_OWN_FRAMES = "arcade-v1"                       # auto's start for frames DEFAULT_BUILTIN was trained on
 METADATA_KEY = "coroseg"                              # the safetensors header entry holding the provenance (JSON)
 
 
@@ -52,8 +51,7 @@ def frame_id(image: np.ndarray) -> str:
 
 def resolved_init(config: TrainConfig) -> str | None:
     """What `--init` means for this training: a built-in name, a model URI, or None (random weights). `auto`
-    takes the default built-in for real frames and the network it was trained as (ON_ITS_OWN_FRAMES where those
-    frames were in its training), else random weights."""
+    takes the default built-in for real frames and the network it was trained as, else random weights."""
     if config.init in (None, NONE):
         return None
     if config.init != AUTO:
@@ -64,7 +62,7 @@ def resolved_init(config: TrainConfig) -> str | None:
     there = builtin_metadata(DEFAULT_BUILTIN)["spec"]
     if (spec.family, spec.architecture) != (there["model_family"], there["architecture"]):
         return None
-    return ON_ITS_OWN_FRAMES if frames_seen(config, DEFAULT_BUILTIN)[0] else DEFAULT_BUILTIN
+    return DEFAULT_BUILTIN
 
 
 def start_notes(config: TrainConfig, asked: str | None) -> list[tuple[int, str]]:
@@ -73,10 +71,6 @@ def start_notes(config: TrainConfig, asked: str | None) -> list[tuple[int, str]]
     if config.init in BUILTIN:
         notes = [(logging.INFO, f"starting from the built-in weights {config.init} "
                                 f"({builtin_metadata(config.init)['summary']}; --init none: random weights)")]
-        if asked == AUTO and config.init == ON_ITS_OWN_FRAMES:
-            notes.append((logging.INFO, f"--init auto: {ON_ITS_OWN_FRAMES}, not {DEFAULT_BUILTIN}: these frames "
-                                        f"were in {DEFAULT_BUILTIN}'s training, and {ON_ITS_OWN_FRAMES} is the start "
-                                        "measured out of fold on them"))
         shared, count = frames_seen(config, config.init)
         if shared:
             notes.append((logging.WARNING, f"--init {config.init}: {shared} of these {count} frames were in its "
