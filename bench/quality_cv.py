@@ -14,7 +14,7 @@ runs on a bare GPU machine with torch, MONAI and kornia (bench/gpu.sh) as well a
     bash bench/gpu.sh  (see bench/README.md; runs bench/gpu_check.py) or python3 bench/quality_cv.py ... on the GPU
 
 A recipe is the default configuration (what `coroseg train --data DIR` does, so starting from the built-in
-weights arcade-v2 where they fit, arcade-v1 on frames arcade-v2 saw; --init none: random) with --epochs / --image-size / --batch-size / --loss /
+weights arcade-v2 where they fit; --init none: random) with --epochs / --image-size / --batch-size / --loss /
 --clahe overrides; pretraining trains the same family on synthetic frames first and
 starts every fold from those weights (what `coroseg train --init` does).
 """
