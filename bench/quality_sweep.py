@@ -85,6 +85,17 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "ema5": {"ema_epochs": 5.0},              # a moving average of the weights, time constant 5 epochs
     "single_ema2": {"folds": 1, "epochs": 80, "patience": 25, "ema_epochs": 2.0},
     "single_ema5": {"folds": 1, "epochs": 80, "patience": 25, "ema_epochs": 5.0},
+    # one split as a network of the ensemble trains, with one change: a screen before the 25-network measure
+    "single_dice": {"folds": 1, "epochs": 80, "patience": 25, "loss": "dice"},
+    "single_wd1e-2": {"folds": 1, "epochs": 80, "patience": 25, "weight_decay": 1e-2},
+    "single_batch8": {"folds": 1, "epochs": 80, "patience": 25, "batch_size": 8},
+    "single_size384": {"folds": 1, "epochs": 80, "patience": 25, "image_size": 384},
+    # networks against each other, all from random weights (the built-in start exists for the default one only)
+    "single_scratch": {"folds": 1, "epochs": 80, "patience": 25, "init": None},
+    "single_scratch_width32": {"folds": 1, "epochs": 80, "patience": 25, "init": None, "width": 32},
+    "single_scratch_unetpp": {"folds": 1, "epochs": 80, "patience": 25, "init": None, "model_family": "unetpp"},
+    "single_scratch_attention": {"folds": 1, "epochs": 80, "patience": 25, "init": None,
+                                 "model_family": "attention_unet"},
 }
 DATA_FIELDS = ("data", "data_format", "mask_classes", "synthetic_count", "synthetic_size", "val_fraction", "folds",
                "image_size", "field_of_view", "clahe", "seed")   # what load_training_data depends on

@@ -111,7 +111,7 @@ def test_redaction():
     assert "pw" not in redact_text("failed: https://bob:pw@host/api")
 
 
-@pytest.mark.parametrize("name", ["dice_ce", "dice_cldice", "focal"])
+@pytest.mark.parametrize("name", ["dice_ce", "dice", "dice_cldice", "focal"])
 def test_every_loss_is_finite_and_lower_for_a_better_prediction(name):
     from coroseg.training.losses import build_loss
 
@@ -124,7 +124,7 @@ def test_every_loss_is_finite_and_lower_for_a_better_prediction(name):
 
 
 def test_unknown_loss_is_an_input_error():
-    with pytest.raises(InputError, match="loss must be one of dice_ce, dice_cldice, focal"):
+    with pytest.raises(InputError, match="loss must be one of dice_ce, dice, dice_cldice, focal"):
         resolve(None, loss="hinge")
 
 

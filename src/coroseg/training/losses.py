@@ -13,6 +13,13 @@ def _dice_ce() -> nn.Module:
     return DiceCELoss(sigmoid=True)
 
 
+def _dice() -> nn.Module:
+    # soft Dice alone: the measure itself, without the cross-entropy's per-pixel term
+    from monai.losses import DiceLoss
+
+    return DiceLoss(sigmoid=True)
+
+
 def _dice_cldice() -> nn.Module:
     # Dice plus soft centreline Dice: rewards connected vessel trees, not only overlapping pixels.
     from monai.losses import SoftDiceclDiceLoss
@@ -26,7 +33,8 @@ def _focal() -> nn.Module:
     return FocalLoss(use_softmax=False)   # sigmoid focal loss on the single vessel channel
 
 
-LOSSES: dict[str, Callable[[], nn.Module]] = {"dice_ce": _dice_ce, "dice_cldice": _dice_cldice, "focal": _focal}
+LOSSES: dict[str, Callable[[], nn.Module]] = {"dice_ce": _dice_ce, "dice": _dice, "dice_cldice": _dice_cldice,
+                                               "focal": _focal}
 
 
 def build_loss(name: str) -> nn.Module:
