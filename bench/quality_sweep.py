@@ -59,10 +59,13 @@ from coroseg.training.initial_weights import resolved_init  # noqa: E402
 # NATIVE: the data set's frame side rounded up to the network's divisor (config.native_side): 304 for CIMAT
 # (300 px frames), 512 for ARCADE (512 px). A lever that changes nothing on a data set (e.g. "native" on 256 px
 # frames) is left out there.
+# One split as each network of the default fold ensemble trains (80 epochs, patience 25): the single_* levers
+# change one thing on it, a screen before the 25 trainings of a fold-ensemble measure.
+SINGLE = {"folds": 1, "epochs": 80, "patience": 25}
 LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fold starts from pretrained weights
     "default": {},
     "single": {"folds": 1},                   # one split where the default trains a fold ensemble (small sets)
-    "single_epochs80": {"folds": 1, "epochs": 80, "patience": 25},   # one split, the default before --folds auto
+    "single_epochs80": SINGLE,                # one split, the default before --folds auto
     "width32": {"width": 32},
     "epochs160": {"epochs": 160, "patience": 50},
     "native": {"image_size": NATIVE},
@@ -83,19 +86,17 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "nostop": {"patience": 10_000},           # no early stop: every epoch of the schedule, best one kept
     "combo": {"width": 32, "epochs": 160, "patience": 50, "image_size": NATIVE},
     "ema5": {"ema_epochs": 5.0},              # a moving average of the weights, time constant 5 epochs
-    "single_ema2": {"folds": 1, "epochs": 80, "patience": 25, "ema_epochs": 2.0},
-    "single_ema5": {"folds": 1, "epochs": 80, "patience": 25, "ema_epochs": 5.0},
-    # one split as a network of the ensemble trains, with one change: a screen before the 25-network measure
-    "single_dice": {"folds": 1, "epochs": 80, "patience": 25, "loss": "dice"},
-    "single_wd1e-2": {"folds": 1, "epochs": 80, "patience": 25, "weight_decay": 1e-2},
-    "single_batch8": {"folds": 1, "epochs": 80, "patience": 25, "batch_size": 8},
-    "single_size384": {"folds": 1, "epochs": 80, "patience": 25, "image_size": 384},
+    "single_ema2": {**SINGLE, "ema_epochs": 2.0},
+    "single_ema5": {**SINGLE, "ema_epochs": 5.0},
+    "single_dice": {**SINGLE, "loss": "dice"},
+    "single_wd1e-2": {**SINGLE, "weight_decay": 1e-2},
+    "single_batch8": {**SINGLE, "batch_size": 8},
+    "single_size384": {**SINGLE, "image_size": 384},
     # networks against each other, all from random weights (the built-in start exists for the default one only)
-    "single_scratch": {"folds": 1, "epochs": 80, "patience": 25, "init": None},
-    "single_scratch_width32": {"folds": 1, "epochs": 80, "patience": 25, "init": None, "width": 32},
-    "single_scratch_unetpp": {"folds": 1, "epochs": 80, "patience": 25, "init": None, "model_family": "unetpp"},
-    "single_scratch_attention": {"folds": 1, "epochs": 80, "patience": 25, "init": None,
-                                 "model_family": "attention_unet"},
+    "single_scratch": {**SINGLE, "init": None},
+    "single_scratch_width32": {**SINGLE, "init": None, "width": 32},
+    "single_scratch_unetpp": {**SINGLE, "init": None, "model_family": "unetpp"},
+    "single_scratch_attention": {**SINGLE, "init": None, "model_family": "attention_unet"},
 }
 DATA_FIELDS = ("data", "data_format", "mask_classes", "synthetic_count", "synthetic_size", "val_fraction", "folds",
                "image_size", "field_of_view", "clahe", "seed")   # what load_training_data depends on

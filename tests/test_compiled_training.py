@@ -15,22 +15,17 @@ from coroseg.data.dataset import load_training_data
 from coroseg.model_spec import ModelSpec
 from coroseg.training.checkpoint import weights_bytes
 from coroseg.training.trainer import best_model, seed_everything, train
+from tests.conftest import SilentEvents
 
 
 
-class Kept:
+class Kept(SilentEvents):
     def __init__(self) -> None:
         self.epochs: list[int] = []
 
     def on_epoch_end(self, result, preview, history):
         assert [h.epoch for h in history] == list(range(1, result.epoch + 1))
         self.epochs.append(result.epoch)
-
-    def on_best(self, result, model, optimizer):
-        pass
-
-    def on_checkpoint(self, state):
-        pass
 
 
 def _trained(config: TrainConfig):

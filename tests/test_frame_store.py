@@ -16,17 +16,12 @@ from coroseg.data.frame_store import as_inputs
 from coroseg.model_spec import ModelSpec
 from coroseg.training.postprocess import choose_postprocessing, quantized
 from coroseg.training.trainer import seed_everything, train
+from tests.conftest import SilentEvents
 
 
-class Quiet:
+class Quiet(SilentEvents):
     def on_epoch_end(self, result, preview, history):
         self.preview = preview
-
-    def on_best(self, result, model, optimizer):
-        pass
-
-    def on_checkpoint(self, state):
-        pass
 
 
 @pytest.fixture()

@@ -13,20 +13,15 @@ from coroseg.data.dataset import load_training_data
 from coroseg.model_spec import ModelSpec
 from coroseg.training.state import load_state, save_state
 from coroseg.training.trainer import seed_everything, train
+from tests.conftest import SilentEvents
 
 CONFIG = TrainConfig(synthetic_count=14, image_size=32, epochs=3, patience=10, batch_size=4, width=4,
                      tracking=False, compile="no")
 
 
-class Kept:
+class Kept(SilentEvents):
     def __init__(self, folder=None) -> None:
         self.states, self.folder = [], folder
-
-    def on_epoch_end(self, result, preview, history):
-        pass
-
-    def on_best(self, result, model, optimizer):
-        pass
 
     def on_checkpoint(self, state):
         self.states.append(state)                  # its tensors are the live ones: saved now or read at the end
