@@ -24,17 +24,14 @@ from coroseg.evaluation.metrics import image_metrics, mean_metrics
 from coroseg.inference.model_loading import LoadedModel
 from coroseg.inference.predictor import Predictor
 from coroseg.model_spec import ModelSpec
-from coroseg.training.trainer import best_model, train
+from coroseg.training.trainer import NoEvents, best_model, train
 
 
-class NoRecord:
+class NoRecord(NoEvents):
     """Training events that record nothing: only the loop is timed."""
 
     def on_epoch_end(self, result, preview, history):
         print(f"  epoch {result.epoch}: val_dice {result.val_dice:.4f}  {result.epoch_duration_seconds:.2f}s", flush=True)
-
-    def on_best(self, result, model, optimizer):
-        pass
 
 
 def sync(device: torch.device) -> None:

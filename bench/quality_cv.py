@@ -43,20 +43,7 @@ from coroseg.model_spec import ModelSpec
 from coroseg.models import Ensemble
 from coroseg.training.initial_weights import BUILTIN, frames_seen, initial_weights, resolved_init
 from coroseg.training.postprocess import choose_postprocessing
-from coroseg.training.trainer import best_model, seed_everything, train
-
-
-class Quiet:
-    """Training events that record nothing."""
-
-    def on_epoch_end(self, result, preview, history):
-        pass
-
-    def on_best(self, result, model, optimizer):
-        pass
-
-    def on_checkpoint(self, state):
-        pass
+from coroseg.training.trainer import NoEvents, best_model, seed_everything, train
 
 
 def fit(config: TrainConfig, data, device, init: dict | None, **train_options):
@@ -68,7 +55,7 @@ def fit(config: TrainConfig, data, device, init: dict | None, **train_options):
     model = ModelSpec.of_training(config).build()
     if init is not None:
         model.load_state_dict(init)
-    result = train(config, data, model, device, Quiet(), **train_options)
+    result = train(config, data, model, device, NoEvents(), **train_options)
     return best_model(model, result), result
 
 

@@ -53,19 +53,6 @@ class CliResult:
         raise AssertionError(f"no {key!r} line in:\n{self.stdout}\n{self.stderr}")
 
 
-class SilentEvents:
-    """trainer.TrainingEvents that do nothing: tests of `train` override the events they watch."""
-
-    def on_epoch_end(self, result, preview, history):
-        pass
-
-    def on_best(self, result, model, optimizer):
-        pass
-
-    def on_checkpoint(self, state):
-        pass
-
-
 def run_cli(*args: str, cwd: Path | None = None) -> CliResult:
     """Run `coroseg ARGS` in-process (no interpreter start-up per call), in `cwd`."""
     old = Path.cwd()

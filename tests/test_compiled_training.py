@@ -14,12 +14,11 @@ from coroseg.config import TrainConfig
 from coroseg.data.dataset import load_training_data
 from coroseg.model_spec import ModelSpec
 from coroseg.training.checkpoint import weights_bytes
-from coroseg.training.trainer import best_model, seed_everything, train
-from tests.conftest import SilentEvents
+from coroseg.training.trainer import NoEvents, best_model, seed_everything, train
 
 
 
-class Kept(SilentEvents):
+class Kept(NoEvents):
     def __init__(self) -> None:
         self.epochs: list[int] = []
 

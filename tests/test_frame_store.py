@@ -15,11 +15,10 @@ from coroseg.data.dataset import load_training_data
 from coroseg.data.frame_store import as_inputs
 from coroseg.model_spec import ModelSpec
 from coroseg.training.postprocess import choose_postprocessing, quantized
-from coroseg.training.trainer import seed_everything, train
-from tests.conftest import SilentEvents
+from coroseg.training.trainer import NoEvents, seed_everything, train
 
 
-class Quiet(SilentEvents):
+class Quiet(NoEvents):
     def on_epoch_end(self, result, preview, history):
         self.preview = preview
 

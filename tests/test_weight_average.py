@@ -12,14 +12,13 @@ from coroseg.config import InputError, TrainConfig, resolve
 from coroseg.data.dataset import load_training_data
 from coroseg.model_spec import ModelSpec
 from coroseg.training.state import load_state, save_state
-from coroseg.training.trainer import seed_everything, train
-from tests.conftest import SilentEvents
+from coroseg.training.trainer import NoEvents, seed_everything, train
 
 CONFIG = TrainConfig(synthetic_count=14, image_size=32, epochs=3, patience=10, batch_size=4, width=4,
                      tracking=False, compile="no")
 
 
-class Kept(SilentEvents):
+class Kept(NoEvents):
     def __init__(self, folder=None) -> None:
         self.states, self.folder = [], folder
 

@@ -30,8 +30,8 @@ from coroseg.training.resume import Resume, check_data, finished, run_id_of
 from coroseg.training.state import TrainingState, load_state
 from coroseg.training.signals import StopSignals
 from coroseg.training.training_record import TrainingRecord, registry_tags, resolved_config, run_params
-from coroseg.training.trainer import (EpochResult, TrainingInterrupted, best_model, result_of, seed_everything,
-                                     train)
+from coroseg.training.trainer import (EpochResult, NoEvents, TrainingInterrupted, best_model, result_of,
+                                     seed_everything, train)
 
 log = logging.getLogger("coroseg")
 
@@ -68,16 +68,6 @@ def _initial_model(config: TrainConfig, init: dict[str, torch.Tensor] | None):
     return model
 
 
-class _NoRecord:
-    """The events of a rank other than 0 under torchrun: rank 0 records the run."""
-
-    def on_epoch_end(self, result, preview, history) -> None: ...
-
-    def on_best(self, result, model, optimizer) -> None: ...
-
-    def on_checkpoint(self, state) -> None: ...
-
-
 def _train_beside(config: TrainConfig, data: TrainingData, device: torch.device, world: World,
                   init: dict[str, torch.Tensor] | None, resume: Resume | None) -> TrainingOutcome:
     """A rank other than 0 under torchrun: the same training, its share of the frames, no record."""
@@ -85,7 +75,7 @@ def _train_beside(config: TrainConfig, data: TrainingData, device: torch.device,
     logging.getLogger("coroseg").setLevel(logging.WARNING)      # rank 0 prints the epochs
     model = _initial_model(config, init)
     with StopSignals() as stop:
-        result = train(config, data, model, device, _NoRecord(), resume.state if resume else None, stop, world=world)
+        result = train(config, data, model, device, NoEvents(), resume.state if resume else None, stop, world=world)
     return TrainingOutcome(None, Path(), "", result.best_val_dice, False, result.history,
                            time.perf_counter() - started, rank=world.rank)
 

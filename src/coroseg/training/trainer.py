@@ -95,6 +95,17 @@ class TrainingEvents(Protocol):
     def on_checkpoint(self, state: TrainingState) -> None: ...
 
 
+class NoEvents:
+    """TrainingEvents that record nothing (a rank other than 0 under torchrun, which rank 0 records; benches;
+    tests): subclasses override the events they watch."""
+
+    def on_epoch_end(self, result: EpochResult, preview: Preview, history: list[EpochResult]) -> None: ...
+
+    def on_best(self, result: EpochResult, model: SegmentationModel, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def on_checkpoint(self, state: TrainingState) -> None: ...
+
+
 class TrainingInterrupted(Stopped):
     """A stop was asked for (SIGTERM, Ctrl-C); the loop left at a batch boundary, the last finished epoch's
     state is already saved."""
