@@ -78,6 +78,7 @@ class Trained:
     model: torch.nn.Module          # one network, or the Ensemble of a fold ensemble (CPU)
     spec: ModelSpec                 # with the post-processing chosen on the model's own validation frames
     members: list                   # (network, TrainResult) of each training: one, or one per fold
+    splits: list                    # the TrainingData each member trained and chose on (its .val: validation)
     best_epoch: int                 # the single network's, or the folds' mean
     epochs_run: int                 # summed over the trainings
 
@@ -97,11 +98,11 @@ def as_coroseg_trains(config: TrainConfig, data: TrainingData, device, init: dic
     if folds == 1:
         (model, result), = members
         chosen = result.postprocessing.chosen if result.postprocessing else None
-        return Trained(model, ModelSpec.of_training(config, chosen), members, result.best_epoch, epochs_run)
+        return Trained(model, ModelSpec.of_training(config, chosen), members, splits, result.best_epoch, epochs_run)
     choice = choose_postprocessing(torch.cat([result.best_val_probabilities for _, result in members]),
                                    np.concatenate([split.val.masks() for split in splits]))
     return Trained(Ensemble([model for model, _ in members]),
-                   ModelSpec.of_training(config, choice.chosen, members=folds), members,
+                   ModelSpec.of_training(config, choice.chosen, members=folds), members, splits,
                    round(float(np.mean([result.best_epoch for _, result in members]))), epochs_run)
 
 

@@ -62,6 +62,7 @@ from coroseg.training.initial_weights import resolved_init  # noqa: E402
 # One split as each network of the default fold ensemble trains (80 epochs, patience 25): the single_* levers
 # change one thing on it, a screen before the 25 trainings of a fold-ensemble measure.
 SINGLE = {"folds": 1, "epochs": 80, "patience": 25}
+INIT_MODEL = "<--init-model>"             # stands for the --init-model argument
 LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fold starts from pretrained weights
     "default": {},
     "single": {"folds": 1},                   # one split where the default trains a fold ensemble (small sets)
@@ -91,6 +92,11 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "single_dice": {**SINGLE, "loss": "dice"},
     "single_wd1e-2": {**SINGLE, "weight_decay": 1e-2},
     "single_batch8": {**SINGLE, "batch_size": 8},
+    "single_batch2": {**SINGLE, "batch_size": 2},
+    "batch2": {"batch_size": 2},
+    # another start: the model --init-model names (e.g. a coroseg train run's pytorch_model folder)
+    "single_init_model": {**SINGLE, "init": INIT_MODEL},
+    "init_model": {"init": INIT_MODEL},
     "single_size384": {**SINGLE, "image_size": 384},
     # networks against each other, all from random weights (the built-in start exists for the default one only)
     "single_scratch": {**SINGLE, "init": None},
@@ -220,7 +226,11 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
             return replace(config, epochs=max(1, round(epochs * args.epochs_scale)), patience=patience,
                            image_size=min(config.image_size, args.image_size_cap or config.image_size))
         for lever in args.levers:
-            overrides = {k: native if v == NATIVE else v for k, v in LEVERS[lever].items()}
+            given = {NATIVE: native, INIT_MODEL: args.init_model}
+            overrides = {k: given.get(v, v) if isinstance(v, str) else v for k, v in LEVERS[lever].items()}
+            if overrides.get("init", "") is None and LEVERS[lever].get("init") == INIT_MODEL:
+                notes.append(f"{folder.name} {lever}: left out, it needs --init-model")
+                continue
             wants_pretrain = overrides.pop("pretrain", False)
             if unknown := sorted(set(overrides) - known):
                 notes.append(f"{folder.name} {lever}: left out, TrainConfig has no {', '.join(unknown)}")
@@ -249,7 +259,7 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
                     pretrains[key] = {"config": first, "lever": lever, "dataset": folder.name, "source": source,
                                       "path": str(weights_dir / f"pretrained_{name}.pt")}
                 init = pretrains[key]["path"]
-            text = ", ".join(f"{k}={v}" for k, v in LEVERS[lever].items()).replace(NATIVE, str(native))
+            text = ", ".join(f"{k}={given.get(v, v) if isinstance(v, str) else v}" for k, v in LEVERS[lever].items())
             for fold in args.only_folds or range(args.folds):
                 fold_pretrain = args.pretrain_epochs if in_fold else 0
                 folds.append({"dataset": folder.name, "lever": lever, "overrides": text or "-", "fold": fold,
@@ -298,6 +308,7 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=30)
     parser.add_argument("--pretrain-data", type=Path, default=Path("../shared/data/arcade_syntax_val200"),
                         help="real frames of another data set for the pretrain_real lever")
+    parser.add_argument("--init-model", help="the start of the init_model levers: a model URI or folder")
     args = parser.parse_args()
     started = time.perf_counter()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")          # the workers' prints too
