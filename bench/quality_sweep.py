@@ -225,12 +225,13 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
             epochs, patience = epoch_schedule(config, fold_count(config, trained_on))
             return replace(config, epochs=max(1, round(epochs * args.epochs_scale)), patience=patience,
                            image_size=min(config.image_size, args.image_size_cap or config.image_size))
+        given = {NATIVE: native, INIT_MODEL: args.init_model}      # the levers' placeholders, resolved
         for lever in args.levers:
-            given = {NATIVE: native, INIT_MODEL: args.init_model}
-            overrides = {k: given.get(v, v) if isinstance(v, str) else v for k, v in LEVERS[lever].items()}
-            if overrides.get("init", "") is None and LEVERS[lever].get("init") == INIT_MODEL:
+            resolved = {k: given.get(v, v) if isinstance(v, str) else v for k, v in LEVERS[lever].items()}
+            if LEVERS[lever].get("init") == INIT_MODEL and args.init_model is None:
                 notes.append(f"{folder.name} {lever}: left out, it needs --init-model")
                 continue
+            overrides = dict(resolved)
             wants_pretrain = overrides.pop("pretrain", False)
             if unknown := sorted(set(overrides) - known):
                 notes.append(f"{folder.name} {lever}: left out, TrainConfig has no {', '.join(unknown)}")
@@ -259,7 +260,7 @@ def plan(args) -> tuple[list[dict], list[dict], list[str]]:
                     pretrains[key] = {"config": first, "lever": lever, "dataset": folder.name, "source": source,
                                       "path": str(weights_dir / f"pretrained_{name}.pt")}
                 init = pretrains[key]["path"]
-            text = ", ".join(f"{k}={given.get(v, v) if isinstance(v, str) else v}" for k, v in LEVERS[lever].items())
+            text = ", ".join(f"{k}={v}" for k, v in resolved.items())
             for fold in args.only_folds or range(args.folds):
                 fold_pretrain = args.pretrain_epochs if in_fold else 0
                 folds.append({"dataset": folder.name, "lever": lever, "overrides": text or "-", "fold": fold,
