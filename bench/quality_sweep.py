@@ -41,6 +41,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -149,14 +150,19 @@ def pretrain_job(config: TrainConfig, count: int, epochs: int, source: str, path
 
 
 def fold_job(config: TrainConfig, outer: int, fold: int, init_path: str | None, fold_pretrain_epochs: int = 0,
-             fold_pretrain_path: str | None = None, twice: bool = False) -> dict:
+             fold_pretrain_path: str | None = None, twice: bool = False, train_frames: int | None = None) -> dict:
     """One fold trained and scored; `fold_pretrain_epochs` > 0 first trains the default recipe that long on the
     fold's own training frames and starts from its weights (the out-of-fold measure of starting a data set's
     training from weights pretrained on that same set), kept in `fold_pretrain_path` for later sweeps. `twice`:
-    then the recipe on one split of those frames from them, as arcade-v2 was made from arcade-v1 (kept too)."""
+    then the recipe on one split of those frames from them, as arcade-v2 was made from arcade-v1 (kept too).
+    `train_frames`: only that many of the fold's training frames (a seeded draw; its held-out frames unchanged),
+    a point of a learning curve."""
     device = torch.device(config.device)
     split = replace(config, folds=outer)            # the outer folds; config.folds is the recipe's own (auto)
     data = _cached(tuple(getattr(split, f) for f in DATA_FIELDS), lambda: load_training_data(split))[fold]
+    if train_frames is not None and train_frames < len(data.train):
+        kept = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(config.seed))[:train_frames]
+        data = replace(data, train=data.train.subset(np.sort(kept.numpy())))
     pairs = _cached(config.data, lambda: {p.image.name: p for p in find_pairs(config.data)})
     init = None if init_path is None else _cached(init_path, lambda: torch.load(init_path, map_location="cpu"))
     t0 = time.perf_counter()
@@ -309,6 +315,8 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=30)
     parser.add_argument("--pretrain-data", type=Path, default=Path("../shared/data/arcade_syntax_val200"),
                         help="real frames of another data set for the pretrain_real lever")
+    parser.add_argument("--train-frames", type=int, help="train on only this many of each outer fold's training "
+                        "frames (a seeded draw; the held-out frames unchanged): a learning curve")
     parser.add_argument("--init-model", help="the start of the init_model levers: a model URI or folder")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -320,7 +328,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu"
     header = (f"{args.folds}-fold cross-validation; device: {name}; torch {torch.__version__}; {workers} workers x "
-              f"{threads} threads; epochs x {args.epochs_scale}, image size cap {args.image_size_cap}")
+              f"{threads} threads; epochs x {args.epochs_scale}, image size cap {args.image_size_cap}"
+              + (f"; {args.train_frames} training frames per outer fold" if args.train_frames else ""))
     print(header, flush=True)
     pretrains, jobs, notes = plan(args)
     for note in notes:
@@ -371,7 +380,8 @@ def main() -> None:
                                 job["source"], job["path"])
                     if job["fold"] is None else pool.submit(fold_job, job["config"], args.folds, job["fold"],
                                                            job["init"], job["fold_pretrain"],
-                                                           job["fold_pretrain_path"], job["twice"])] = job
+                                                           job["fold_pretrain_path"], job["twice"],
+                                                           args.train_frames)] = job
         if not running:
             break
         done, _ = wait(running, return_when=FIRST_COMPLETED)
