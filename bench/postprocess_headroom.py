@@ -29,28 +29,23 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality_cv import as_coroseg_trains, mean_sd  # noqa: E402 - the bench's own
+from quality_cv import as_coroseg_trains, mean_sd, predicted  # noqa: E402 - the bench's own
 
 from coroseg.config import TrainConfig  # noqa: E402
 from coroseg.data.dataset import load_training_data  # noqa: E402
-from coroseg.data.imageio import read_gray  # noqa: E402
-from coroseg.data.pairs import find_pairs, load_mask  # noqa: E402
+from coroseg.data.pairs import find_pairs  # noqa: E402
 from coroseg.evaluation.metrics import image_metrics  # noqa: E402
-from coroseg.inference.model_loading import LoadedModel  # noqa: E402
-from coroseg.inference.predictor import Predictor  # noqa: E402
 from coroseg.model_spec import ModelSpec  # noqa: E402
 from coroseg.training.postprocess import Postprocessing, choose_postprocessing  # noqa: E402
 
 ROWS = ("chosen", "flips", "0.5", "oracle")
 
 
-def predicted(model, spec: ModelSpec, device, pairs, names) -> tuple[list, list[np.ndarray]]:
+def with_flips(model, spec: ModelSpec, device, pairs, names) -> tuple[list, list[np.ndarray]]:
     """Predictions of these frames as `coroseg predict` makes them (flips, each frame's size), and their truths
     inside the field of view."""
-    frames = [read_gray(pairs[n].image) for n in names]
-    predictions = Predictor(LoadedModel(model.to(device).eval(), spec, "in-memory"), batch_size=8,
-                            tta=True).predict(frames)
-    return predictions, [(load_mask(pairs[n].mask) > 0) & p.fov for n, p in zip(names, predictions)]
+    predictions, masks = predicted(model, spec, device, pairs, names, tta=True)
+    return predictions, [(m > 0) & p.fov for m, p in zip(masks, predictions)]
 
 
 def dice(postprocessing: Postprocessing, predictions, truths) -> float:
@@ -58,15 +53,15 @@ def dice(postprocessing: Postprocessing, predictions, truths) -> float:
                           for p, t in zip(predictions, truths)]))
 
 
-def fold_row(config: TrainConfig, data, device, pairs) -> dict[str, tuple[Postprocessing | None, float]]:
+def fold_row(config: TrainConfig, data, device, pairs) -> dict[str, tuple[Postprocessing, float]]:
     trained = as_coroseg_trains(config, data, device, None)
     oof, oof_truths = [], []
     for (network, _), split in zip(trained.members, trained.splits):
-        predictions, truths = predicted(network, trained.spec, device, pairs, split.val.names)
+        predictions, truths = with_flips(network, trained.spec, device, pairs, split.val.names)
         oof += [p.probabilities for p in predictions]
         oof_truths += truths
     flips = choose_postprocessing(np.stack(oof), np.stack(oof_truths)).chosen
-    held, truths = predicted(trained.model, trained.spec, device, pairs, data.val.names)
+    held, truths = with_flips(trained.model, trained.spec, device, pairs, data.val.names)
     oracle = choose_postprocessing(np.stack([p.probabilities for p in held]), np.stack(truths))
     return {"chosen": (trained.spec.postprocessing, dice(trained.spec.postprocessing, held, truths)),
             "flips": (flips, dice(flips, held, truths)),

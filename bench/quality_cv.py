@@ -135,13 +135,18 @@ def pretrain(config: TrainConfig, device, count: int, epochs: int, source: str =
     return copy.deepcopy(model.state_dict())
 
 
-def score_fold(model, spec: ModelSpec, device, pairs_by_name, val_names, tta: bool) -> list[dict]:
-    """Predict the fold's held-out frames at their original size, as `coroseg predict` would with this
-    model and spec (same preprocessing and chosen post-processing), and score them inside their field of view."""
-    frames = [read_gray(pairs_by_name[n].image) for n in val_names]
-    truths = [load_mask(pairs_by_name[n].mask) for n in val_names]
+def predicted(model, spec: ModelSpec, device, pairs_by_name, names, tta: bool) -> tuple[list, list[np.ndarray]]:
+    """These frames predicted at their original size, as `coroseg predict` would with this model and spec (same
+    preprocessing and chosen post-processing), and their masks."""
+    frames = [read_gray(pairs_by_name[n].image) for n in names]
     loaded = LoadedModel(model.to(device).eval(), spec, "in-memory")
-    predictions = Predictor(loaded, batch_size=8, tta=tta).predict(frames)
+    return (Predictor(loaded, batch_size=8, tta=tta).predict(frames),
+            [load_mask(pairs_by_name[n].mask) for n in names])
+
+
+def score_fold(model, spec: ModelSpec, device, pairs_by_name, val_names, tta: bool) -> list[dict]:
+    """The fold's held-out frames predicted (`predicted`) and scored inside their field of view."""
+    predictions, truths = predicted(model, spec, device, pairs_by_name, val_names, tta)
     return [image_metrics(p.mask, t, p.fov) for p, t in zip(predictions, truths)]
 
 
