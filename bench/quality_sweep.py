@@ -104,6 +104,10 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "single_scratch_width32": {**SINGLE, "init": None, "width": 32},
     "single_scratch_unetpp": {**SINGLE, "init": None, "model_family": "unetpp"},
     "single_scratch_attention": {**SINGLE, "init": None, "model_family": "attention_unet"},
+    "single_scratch_dynunet": {**SINGLE, "init": None, "model_family": "dynunet"},
+    "single_scratch_dynunet_ds": {**SINGLE, "init": None, "model_family": "dynunet", "deep_supervision": True},
+    # dynunet from its own ARCADE start (--pretrain-data, --pretrain-epochs 60: as arcade-v1 was made for unet)
+    "single_dynunet_pretrain_real": {**SINGLE, "model_family": "dynunet", "pretrain": "real"},
 }
 DATA_FIELDS = ("data", "data_format", "mask_classes", "synthetic_count", "synthetic_size", "val_fraction", "folds",
                "image_size", "field_of_view", "clahe", "seed")   # what load_training_data depends on

@@ -101,7 +101,7 @@ def test_every_family_maps_any_frame_size_to_probabilities(name):
 
 
 def test_unknown_family_lists_known():
-    with pytest.raises(InputError, match="known: unet, attention_unet, basic_unet, unetpp, segresnet"):
+    with pytest.raises(InputError, match="known: unet, attention_unet, basic_unet, unetpp, segresnet, dynunet"):
         family("vnet")
 
 

@@ -168,6 +168,7 @@ _MASK_CLASSES_HELP = ("YOLO labels: class ids or data.yaml names (comma-separate
 @click.option("--mask-classes", default=None, metavar="IDS|NAMES", help=_MASK_CLASSES_HELP)
 @click.option("--model-family", default=None, help=_default(", ".join(FAMILIES) + ".", "model_family"))
 @click.option("--width", default=None, type=click.IntRange(4, 128), help=_default("Channels of the network's first level; deeper levels scale with it.", "width"))
+@click.option("--deep-supervision/--no-deep-supervision", "deep_supervision", default=None, help=_default("dynunet: train its two next-coarser decoder levels' outputs too, the loss weighing them 1/2 and 1/4 (measured on CIMAT: README, Quality).", "deep_supervision"))
 @click.option("--compile", "compile", default=None, type=click.Choice(["auto", "yes", "no"]), help=_default("torch.compile and channels_last for training; auto: on CUDA.", "compile"))
 @click.option("--init", default=None, metavar="auto|none|" + "|".join(BUILTIN) + "|MODEL_URI", help=_default("The weights training starts from: auto: coroseg's built-in arcade-v2 (the default network trained on 200 real ARCADE frames) for real frames and that network, else random; none: random; arcade-v1 or arcade-v2 by name; or a model URI to fine-tune (e.g. synthetic pretraining).", "init"))
 @click.option("--folds", default=None, metavar="auto|K", type=_AUTO_COUNT, help=_FOLDS_HELP)

@@ -37,6 +37,7 @@ class TrainConfig:
     # model
     model_family: str = "unet"
     width: int = 16                     # channels of the network's first level (models.DEFAULT_WIDTH)
+    deep_supervision: bool = False      # dynunet: its coarser decoder levels' outputs trained too (models.py)
     init: str | None = "auto"           # auto | none | a built-in start (arcade-v2) | a model URI (fine-tuning)
     # optimisation
     loss: str = "dice_ce"               # one of training.losses.LOSSES

@@ -41,7 +41,9 @@ class ModelSpec:
         from coroseg.data.dataset import preprocessing_of
         from coroseg.models import architecture_of, family
 
-        return cls(config.model_family, architecture_of(config.model_family, width=config.width), config.image_size,
+        architecture = architecture_of(config.model_family, width=config.width,
+                                       deep_supervision=config.deep_supervision)
+        return cls(config.model_family, architecture, config.image_size,
                    family(config.model_family).divisor, preprocessing_of(config), postprocessing or Postprocessing(),
                    members)
 

@@ -54,6 +54,12 @@ def _unetpp(**kwargs: Any) -> nn.Module:
     return _FirstOutput(BasicUNetPlusPlus(**kwargs))
 
 
+def _dynunet(**kwargs: Any) -> nn.Module:
+    from monai.networks.nets import DynUNet
+
+    return DynUNet(**kwargs)
+
+
 def _segresnet(**kwargs: Any) -> nn.Module:
     from monai.networks.nets import SegResNet
 
@@ -83,7 +89,15 @@ FAMILIES: dict[str, Family] = {
     "basic_unet": Family(_basic_unet, {**IO_KWARGS, "features": [*FEATURES, DEFAULT_WIDTH]}, 16, "features"),
     "unetpp": Family(_unetpp, {**IO_KWARGS, "features": [*FEATURES, DEFAULT_WIDTH]}, 16, "features"),
     "segresnet": Family(_segresnet, {**IO_KWARGS, "init_filters": DEFAULT_WIDTH}, 8, "init_filters"),
+    # nnU-Net's network. With deep_supervision (--deep-supervision), in training mode it also returns logits of
+    # its 2 next-coarser decoder levels, brought to full size and stacked on dim 1 (N, 3, 1, H, W), which the
+    # loss weighs 1, 1/2, 1/4 (trainer.py); in eval mode, as exported and served, the full-size output alone.
+    "dynunet": Family(_dynunet, {**IO_KWARGS, "kernel_size": [3] * 5, "strides": [1, 2, 2, 2, 2],
+                                 "upsample_kernel_size": [2] * 4, "filters": FEATURES, "res_block": True,
+                                 "norm_name": ["instance", {"affine": True}], "deep_supervision": False,
+                                 "deep_supr_num": 2}, 16, "filters"),
 }
+DEEP_SUPERVISED = "deep_supervision"   # the constructor argument of the families that can train with it
 DEFAULT_FAMILY = "unet"
 
 
@@ -93,15 +107,21 @@ def family(name: str) -> Family:
     return FAMILIES[name]
 
 
-def architecture_of(name: str, recorded: dict[str, Any] | None = None, width: int = DEFAULT_WIDTH) -> dict[str, Any]:
-    """The constructor's kwargs of a family at a first-level `width`: today's, overridden by those a model
-    recorded when it was logged (so it is rebuilt as it was trained, whatever the defaults are now). A model's
-    own are checked by `ModelSpec.from_metadata` before they get here."""
+def architecture_of(name: str, recorded: dict[str, Any] | None = None, width: int = DEFAULT_WIDTH,
+                    deep_supervision: bool = False) -> dict[str, Any]:
+    """The constructor's kwargs of a family at a first-level `width` (and `deep_supervision` where it has it):
+    today's, overridden by those a model recorded when it was logged (so it is rebuilt as it was trained,
+    whatever the defaults are now). A model's own are checked by `ModelSpec.from_metadata` before they get here."""
     chosen = family(name)
     base = copy.deepcopy(chosen.architecture)
     channels = base[chosen.width_key]
     base[chosen.width_key] = ([c * width // DEFAULT_WIDTH for c in channels] if isinstance(channels, list)
                               else channels * width // DEFAULT_WIDTH)
+    if deep_supervision:
+        if DEEP_SUPERVISED not in base:
+            able = ", ".join(n for n, f in FAMILIES.items() if DEEP_SUPERVISED in f.architecture)
+            raise InputError(f"deep supervision: the {name} family cannot train with it (only {able})")
+        base[DEEP_SUPERVISED] = True
     return {**base, **copy.deepcopy(recorded or {})}
 
 

@@ -15,7 +15,7 @@ import torch
 from coroseg.config import TrainConfig, epoch_schedule, to_yaml
 from coroseg.data.dataset import TrainingData, load_training_data
 from coroseg.model_spec import ModelSpec
-from coroseg.models import Ensemble, family
+from coroseg.models import Ensemble, architecture_of
 from coroseg.tracking import layout
 from coroseg.tracking.base import Tracker, make_tracker, run_status
 from coroseg.tracking.environment import environment, resolve_device
@@ -279,7 +279,8 @@ def run_training(config: TrainConfig, tags: dict[str, str] | None = None,
                  check: Callable[[TrainingData], None] | None = None) -> TrainingOutcome:
     """Train (one run, or cross-validation with --folds), under torchrun too. `tags` go on the new run beside
     the training tags; `check` may refuse the data once read, before any run is created."""
-    family(config.model_family)                       # unknown family: error before anything else
+    architecture_of(config.model_family, deep_supervision=config.deep_supervision)   # unknown family, or deep
+    # supervision it lacks: error before anything else
     world, device = _world(config)
     asked, config.init = config.init, resolved_init(config)   # recorded as taken: a built-in name, a URI or None
     notes: list[tuple[int, str]] = []                 # said once the data is known good: errors stay one line

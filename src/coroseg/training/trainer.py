@@ -225,7 +225,19 @@ def _channels_last(forward: Logits) -> Logits:
 def _fov_logits(logits_of: Logits, images: torch.Tensor, fov: torch.Tensor) -> torch.Tensor:
     with _autocast(images.device):
         logits = logits_of(images)
-    return logits.float().masked_fill(fov < 0.5, OUTSIDE_FOV_LOGIT)
+    outside = fov < 0.5
+    if logits.dim() == 5:                     # deep supervision: (N, levels, 1, H, W), each level full size
+        outside = outside.unsqueeze(1)
+    return logits.float().masked_fill(outside, OUTSIDE_FOV_LOGIT)
+
+
+def _deep_supervised(loss_fn):
+    """The loss of a deeply supervised network's levels (trained as a (N, levels, 1, H, W) stack), weighed 1,
+    1/2, 1/4 from the full-size output down by MONAI's wrapper; validation's single output passes through."""
+    from monai.losses import DeepSupervisionLoss
+
+    wrapped = DeepSupervisionLoss(loss_fn, weight_mode="exp")
+    return lambda logits, masks: wrapped(list(logits.unbind(1)) if logits.dim() == 5 else logits, masks)
 
 
 def _batches(count: int, config: TrainConfig, epoch: int, whole_only: bool, world: World = SINGLE,
@@ -440,6 +452,8 @@ def train(
     compile_step = compiled(config, device)
     augment = BatchAugmentation(config.xray_augment).to(device) if config.augment else None
     loss_fn = build_loss(config.loss)
+    if config.deep_supervision:
+        loss_fn = _deep_supervised(loss_fn)
     loss_of = _training_loss(model, compile_step, augment, loss_fn, world)
     steps = len(_batches(len(data.train), config, 1, compile_step, world))
     optimizer, schedule = _optimizer_and_schedule(config, model, steps)
