@@ -12,20 +12,17 @@ from safetensors.torch import load_file, save
 from coroseg.errors import InputError, first_line
 
 
-def weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
-    return save(unshared(state))
-
-
-def unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU tensors safetensors can write: it refuses two names on one storage, and some networks (MONAI's
-    DynUNet) hold a module under two names; the second name gets a copy (loading sets both alike)."""
+def weights_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """Named tensors as safetensors bytes, on the CPU. safetensors refuses two names on one storage, and some
+    networks (MONAI's DynUNet) hold a module under two names: the second name gets a copy (loading sets both
+    alike)."""
     out, seen = {}, set()
     for name, value in tensors.items():
         value = value.detach().to("cpu").contiguous()
         storage = value.untyped_storage().data_ptr()
         out[name] = value.clone() if storage in seen else value
         seen.add(storage)
-    return out
+    return save(out)
 
 
 def sha256(data: bytes) -> str:

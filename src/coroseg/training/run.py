@@ -279,8 +279,8 @@ def run_training(config: TrainConfig, tags: dict[str, str] | None = None,
                  check: Callable[[TrainingData], None] | None = None) -> TrainingOutcome:
     """Train (one run, or cross-validation with --folds), under torchrun too. `tags` go on the new run beside
     the training tags; `check` may refuse the data once read, before any run is created."""
-    architecture_of(config.model_family, deep_supervision=config.deep_supervision)   # unknown family, or deep
-    # supervision it lacks: error before anything else
+    # an unknown family, or deep supervision asked of one without it: the error before anything else
+    architecture_of(config.model_family, deep_supervision=config.deep_supervision)
     world, device = _world(config)
     asked, config.init = config.init, resolved_init(config)   # recorded as taken: a built-in name, a URI or None
     notes: list[tuple[int, str]] = []                 # said once the data is known good: errors stay one line

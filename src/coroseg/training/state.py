@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load, save
+from safetensors.torch import load
 
 from coroseg.errors import InputError
 from coroseg.tracking.layout import RESUME_STATE_DIR
 from coroseg.tracking.record import atomic_write
-from coroseg.training.checkpoint import sha256, unshared
+from coroseg.training.checkpoint import sha256, weights_bytes
 
 TENSORS_FILE = "state.safetensors"
 JSON_FILE = "state.json"
@@ -132,7 +132,7 @@ def save_state(record_dir: Path, state: TrainingState) -> None:
         tensors["best_val_probabilities"] = state.best_val_probabilities.contiguous()
     optimizer = _split_optimizer(state.optimizer, tensors)
     rng = _split_rng(state.rng, tensors)
-    blob = save(unshared(tensors))
+    blob = weights_bytes(tensors)
     folder = record_dir / RESUME_STATE_DIR
     atomic_write(folder / TENSORS_FILE, blob)
     meta = {"format": FORMAT_VERSION, "tensors_sha256": sha256(blob), **_plain_fields(state),
