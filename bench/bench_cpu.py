@@ -11,9 +11,11 @@ What the numbers mean (family ``unet``, batch size 8, the same 300 px synthetic 
   several epochs. Measured in a ``run_training`` call with tracking off.
 - **tracking on / off**: the same ``run_training`` call made both ways in this process.
   ``epoch_duration_seconds`` is the metric the trainer records (train + validation, measured before
-  the epoch is recorded); ``run_training wall`` is the whole call: data loading, run start, the loop
-  with the recording of every epoch (metrics, overlays, curves, checkpoints), and the model (logged to
-  MLflow when on, saved in the local record when off).
+  the epoch is recorded); ``between epochs`` is the rest of an epoch's share of the loop's time (the run's
+  ``training_duration_seconds`` less the epochs' durations, per epoch): its vessel metrics and its record;
+  ``run_training wall`` is the whole call: data loading, run start, the loop with the recording of every
+  epoch (metrics, overlays, curves, checkpoints), and the model (logged to MLflow when on, saved in the
+  local record when off).
 - **predict files/s**: ``run_prediction`` on a folder of 300 px synthetic frames with a model trained
   above, tracking on and off. ``whole call`` = files / wall time of the call (model loading, run start
   and closing included); ``metric`` = the ``processing_rate_files_per_second`` the command records
@@ -47,6 +49,7 @@ from coroseg.config import resolve
 from coroseg.data.synthetic import write_synthetic_set
 from coroseg.inference.model_loading import load_model
 from coroseg.inference.predict import InferenceOptions, run_prediction
+from coroseg.tracking import layout
 from coroseg.training.run import run_training
 
 BATCH_SIZE = 8
@@ -61,6 +64,7 @@ class TrainTiming:
     history: list = field(default_factory=list)
     wall: float = 0.0
     model_uri: str = ""
+    training_seconds: float = 0.0      # the loop, its recording included (the run's training_duration_seconds)
 
     def images_per_second(self) -> float:
         rates = [e.train_images_per_second for e in self.history[1:] or self.history]  # epoch 1 is warm-up
@@ -69,6 +73,11 @@ class TrainTiming:
     def durations(self) -> list[float]:
         return [e.epoch_duration_seconds for e in self.history]
 
+    def between_epochs(self) -> float:
+        """Seconds an epoch outside its training and validation: recording it (metrics, overlays, curves,
+        the resume state) and its vessel metrics."""
+        return (self.training_seconds - sum(self.durations())) / len(self.history)
+
 
 def time_training(tmp: Path, data: Path, image_size: int, epochs: int, tracking: bool) -> TrainTiming:
     config = resolve(None, data=str(data), folds=1, model_family=FAMILY, image_size=image_size, epochs=epochs,
@@ -76,7 +85,9 @@ def time_training(tmp: Path, data: Path, image_size: int, epochs: int, tracking:
                      tracking_uri=store_uri(tmp), output_dir=str(tmp / "records"),
                      run_name=f"bench-{image_size}-{'on' if tracking else 'off'}")
     outcome = run_training(config)
-    return TrainTiming(image_size, outcome.history, outcome.wall_seconds, outcome.model_uri)
+    summary = json.loads((outcome.record_dir / layout.artifact_dir("summary") / "summary.json").read_text())
+    return TrainTiming(image_size, outcome.history, outcome.wall_seconds, outcome.model_uri,
+                       summary["training_duration_seconds"])
 
 
 def time_prediction(tmp: Path, frames: Path, model_uri: str, tracking: bool, attempt: int) -> tuple[float, float]:
@@ -146,6 +157,8 @@ def report(args, sizes: list[TrainTiming], off: TrainTiming, on: TrainTiming, lo
     size = f"{off.image_size} px"
     rows += [
         (f"epoch_duration_seconds, {size}, tracking off / on", versus(off.durations(), on.durations())),
+        (f"between epochs (recording, vessel metrics), {size}, off / on",
+         versus([off.between_epochs()], [on.between_epochs()])),
         (f"run_training wall, {size}, {args.epochs} epochs, off / on", versus([off.wall], [on.wall])),
         ("model loading (load_model, once)", f"{load_s:.2f} s"),
     ]

@@ -185,3 +185,24 @@ def test_local_record_mirrors_the_run(client, trained, artifacts):
 
 def test_last_stdout_line_is_the_run_id(trained):
     assert trained.result.stdout.strip().splitlines()[-1] == f"run_id: {trained.run_id}"
+
+
+def test_the_curves_figure_redrawn_each_epoch_shows_that_epoch_alone():
+    """A training redraws one figure every epoch: each PNG must be what a new figure draws of that history
+    (no line, scale or tick of an earlier epoch left over), and the image must change as epochs come."""
+    import io
+
+    from PIL import Image
+
+    from coroseg.visualize import TrainingCurves
+
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_dice": 0.3 + 0.05 * e,
+                "learning_rate": 3e-3 * (0.9 ** e)} for e in range(1, 9)]
+    reused, drawn = TrainingCurves(), []
+    for e in range(1, len(history) + 1):
+        png = reused.png(history[:e])
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))),
+                              np.asarray(Image.open(io.BytesIO(TrainingCurves().png(history[:e]))))), e
+        drawn.append(png)
+    assert Image.open(io.BytesIO(drawn[-1])).size == (1080, 306)
+    assert len(set(drawn)) == len(drawn)

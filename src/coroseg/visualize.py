@@ -50,31 +50,42 @@ def comparison(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray | No
     return panel(tiles, labels)
 
 
-def training_curves(history: Sequence[dict[str, float]]) -> bytes:
-    """Loss, validation Dice and learning rate against epoch, as a PNG."""
-    import matplotlib
+class TrainingCurves:
+    """Loss, validation Dice and learning rate against epoch, as a PNG drawn after every epoch.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    One figure is built once and its lines are given each epoch's history: building the axes, ticks and
+    legend anew (and `tight_layout`) cost 0.2 s an epoch on a 2-core CPU, redrawing 0.08 s. The object API
+    (no pyplot) keeps the figure out of pyplot's global registry, so nothing leaks across trainings."""
 
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=90)
-    axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    axes[0].plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    axes[0].set_title("loss")
-    axes[0].legend()
-    axes[1].plot(epochs, [h["val_dice"] for h in history], "o-", color="tab:green")
-    axes[1].set_title("validation Dice")
-    axes[1].set_ylim(0, 1)
-    axes[2].plot(epochs, [h["learning_rate"] for h in history], "o-", color="tab:orange")
-    axes[2].set_title("learning rate")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    SERIES = (("train_loss", 0, {"label": "train"}), ("val_loss", 0, {"label": "validation"}),
+              ("val_dice", 1, {"color": "tab:green"}), ("learning_rate", 2, {"color": "tab:orange"}))
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+
+        figure = Figure(figsize=(12, 3.4), dpi=90)
+        self.axes = figure.subplots(1, 3)
+        self.lines = {key: self.axes[panel].plot([], [], "o-", **style)[0] for key, panel, style in self.SERIES}
+        for ax, title in zip(self.axes, ("loss", "validation Dice", "learning rate")):
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        self.axes[0].legend(loc="upper right")
+        self.axes[1].set_ylim(0, 1)
+        # Fixed margins that fit these titles and tick labels (what tight_layout found for them).
+        figure.subplots_adjust(left=0.05, right=0.99, bottom=0.16, top=0.91, wspace=0.22)
+        self.canvas = FigureCanvasAgg(figure)
+
+    def png(self, history: Sequence[dict[str, float]]) -> bytes:
+        epochs = [h["epoch"] for h in history]
+        for key, line in self.lines.items():
+            line.set_data(epochs, [h[key] for h in history])
+        for ax in self.axes:
+            ax.relim()
+            ax.autoscale_view(scaley=ax is not self.axes[1])      # Dice keeps its 0..1
+        buf = io.BytesIO()
+        self.canvas.print_png(buf)
+        return buf.getvalue()

@@ -25,7 +25,7 @@ from coroseg.tracking.base import DatasetRef
 from coroseg.tracking.environment import environment_params
 from coroseg.tracking.record import RunRecord, markdown_rows, markdown_table, to_csv
 from coroseg.tracking.redact import redact_uri
-from coroseg.visualize import comparison, training_curves
+from coroseg.visualize import TrainingCurves, comparison
 
 THRESHOLD = 0.5                      # of the per-epoch previews; the model's own is chosen on validation
 
@@ -82,6 +82,7 @@ class TrainingRecord:
         self.choice: PostprocessingChoice | None = None     # set by `end`, recorded in the model's spec
         self.resumed = resumed               # carries on a run whose record this is (`train --resume`)
         self.earlier_log = ""                # that run's log so far
+        self.curves: TrainingCurves | None = None
 
     # -- start ---------------------------------------------------------------------------------
     def resolved_config(self) -> dict[str, Any]:
@@ -158,7 +159,8 @@ class TrainingRecord:
             path = self.record.write_bytes("epoch_predictions", f"{name}.png",
                                            encode_png(comparison(image, probs > THRESHOLD, mask)), e)
             self.tracker.log_image(path, f"overlay_{name}", e)     # the UI's step slider shows the progress
-        self.record.write_bytes("curves", "training_curves.png", training_curves([asdict(h) for h in history]), e)
+        self.curves = self.curves or TrainingCurves()      # made at the first epoch: matplotlib loads only then
+        self.record.write_bytes("curves", "training_curves.png", self.curves.png([asdict(h) for h in history]), e)
         self.record.write_text("epoch_log", "epoch.log", self.logs.take_epoch(), e)
 
     # -- end -----------------------------------------------------------------------------------
