@@ -112,7 +112,7 @@ def _join_rng(layout: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[
 
 
 def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return {f"{prefix}.{k}": v for k, v in state.items()}     # weights_bytes brings every tensor to the CPU
 
 
 def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -123,13 +123,13 @@ def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
 # -- on disk -------------------------------------------------------------------------------------
 
 def save_state(record_dir: Path, state: TrainingState) -> None:
-    tensors = {**_prefixed("model", state.model)}
+    tensors = _prefixed("model", state.model)
     if state.best_model is not None:
         tensors.update(_prefixed("best", state.best_model))
     if state.average is not None:
         tensors.update(_prefixed("average", state.average))
     if state.best_val_probabilities is not None:
-        tensors["best_val_probabilities"] = state.best_val_probabilities.contiguous()
+        tensors["best_val_probabilities"] = state.best_val_probabilities
     optimizer = _split_optimizer(state.optimizer, tensors)
     rng = _split_rng(state.rng, tensors)
     blob = weights_bytes(tensors)
