@@ -108,6 +108,9 @@ LEVERS: dict[str, dict] = {       # TrainConfig overrides; "pretrain": every fol
     "single_scratch_dynunet_ds": {**SINGLE, "init": None, "model_family": "dynunet", "deep_supervision": True},
     # dynunet from its own ARCADE start (--pretrain-data, --pretrain-epochs 60: as arcade-v1 was made for unet)
     "single_dynunet_pretrain_real": {**SINGLE, "model_family": "dynunet", "pretrain": "real"},
+    # dynunet from a start --init-model names (one made as arcade-v2 was, for dynunet), and its fold ensemble
+    "single_dynunet_init_model": {**SINGLE, "model_family": "dynunet", "init": INIT_MODEL},
+    "dynunet_init_model": {"model_family": "dynunet", "init": INIT_MODEL},
 }
 DATA_FIELDS = ("data", "data_format", "mask_classes", "synthetic_count", "synthetic_size", "val_fraction", "folds",
                "image_size", "field_of_view", "clahe", "seed")   # what load_training_data depends on
